@@ -1,0 +1,133 @@
+"""Unit-health metrics of hidden layers (DESIGN §4): dead and dormant units, effective and stable rank, magnitudes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from .cbp import Site
+
+
+def _flat(features: torch.Tensor) -> torch.Tensor:
+    return features.reshape(-1, features.shape[-1])
+
+
+def dead_fraction(features: torch.Tensor, threshold: float = 0.01) -> torch.Tensor:
+    """Fraction of units whose activation is > 0 on at most ``threshold`` of the inputs ``[batch, units]``."""
+    active = (_flat(features) > 0).float().mean(0)
+    return (active <= threshold).float().mean()
+
+
+def dormant_fraction(features: torch.Tensor, tau: float = 0.0) -> torch.Tensor:
+    """ReDo's dormant fraction: units with ``mean|h_i| / mean_j mean|h_j| <= tau`` (all, if every unit is silent)."""
+    magnitude = _flat(features).abs().mean(0)
+    layer_mean = magnitude.mean()
+    score = torch.where(layer_mean > 0, magnitude / layer_mean, torch.zeros_like(magnitude))
+    return (score <= tau).float().mean()
+
+
+def singular_values(features: torch.Tensor) -> torch.Tensor:
+    """Singular values, largest first, of ``[batch, units]`` features (or a stack ``[sites, batch, units]``).
+
+    Computed from the eigenvalues of the smaller Gram matrix in float32, which is several times faster than
+    an SVD; values below ``sqrt(n·ε)·σ_max`` are within its rounding error and are returned as 0.
+    """
+    h = features.detach().float()
+    gram = h.mT @ h if h.shape[-2] >= h.shape[-1] else h @ h.mT
+    eigenvalues = torch.linalg.eigvalsh(gram).flip(-1)
+    floor = gram.shape[-1] * torch.finfo(torch.float32).eps * eigenvalues[..., :1]
+    return torch.where(eigenvalues > floor, eigenvalues, 0.0).sqrt()
+
+
+def effective_rank(features: torch.Tensor | None = None, *, sigma: torch.Tensor | None = None) -> torch.Tensor:
+    """``exp(-Σ p_k log p_k)`` with ``p_k = σ_k / Σσ`` (Roy & Vetterli 2007); 0 for an all-zero matrix."""
+    sigma = singular_values(features) if sigma is None else sigma
+    total = sigma.sum()
+    p = sigma / total.clamp_min(torch.finfo(sigma.dtype).tiny)
+    return torch.where(total > 0, torch.special.entr(p).sum().exp(), torch.zeros_like(total))
+
+
+def stable_rank(
+    features: torch.Tensor | None = None, prop: float = 0.99, *, sigma: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Smallest ``k`` with ``Σ_{i<=k} σ_i >= prop·Σσ`` (the paper's stable rank); 0 for an all-zero matrix."""
+    sigma = singular_values(features) if sigma is None else sigma
+    total = sigma.sum()
+    below = (sigma.cumsum(0) < prop * total * (1 - 1e-12)).sum() + 1
+    return torch.where(total > 0, below, torch.zeros_like(below))
+
+
+def weight_magnitude(layer: nn.Linear | torch.Tensor) -> torch.Tensor:
+    """Mean absolute weight of a Linear layer (or of a tensor)."""
+    weight = layer.weight if isinstance(layer, nn.Module) else layer
+    return weight.detach().abs().mean()
+
+
+def feature_norm(features: torch.Tensor) -> torch.Tensor:
+    """Mean L2 norm of a feature vector."""
+    return _flat(features).norm(dim=1).mean()
+
+
+def site_health(features: torch.Tensor, site: Site, sigma: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Every DESIGN §4 metric of one site's probe features, as 0-dim tensors (no host sync)."""
+    features = _flat(features.detach())
+    sigma = singular_values(features) if sigma is None else sigma
+    stable = stable_rank(sigma=sigma)
+    return {
+        "dead_frac": dead_fraction(features),
+        "dormant_frac": dormant_fraction(features, 0.0),
+        "dormant_frac_0.1": dormant_fraction(features, 0.1),
+        "effective_rank": effective_rank(sigma=sigma),
+        "stable_rank": stable,
+        "stable_rank_pct": 100.0 * stable / site.units,
+        "weight_mag": weight_magnitude(site.producer),
+        "feature_norm": feature_norm(features),
+    }
+
+
+def _stacked_singular_values(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Singular values of several sites, one batched eigendecomposition per feature shape."""
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for name, h in features.items():
+        by_shape.setdefault(tuple(h.shape), []).append(name)
+    sigma = {}
+    for names in by_shape.values():
+        sigma.update(zip(names, singular_values(torch.stack([features[n] for n in names]))))
+    return sigma
+
+
+@torch.no_grad()
+def probe(forward: Callable[[], object], sites: Mapping[str, Site], prefix: str = "") -> dict[str, float]:
+    """Run ``forward()`` once without gradients and return every site's metrics as ``{prefix+name/metric: float}``.
+
+    :param forward: a call that pushes the probe batch through the network(s) holding ``sites``.
+    :param sites: the layers to measure, by name.
+    :param prefix: prepended to each tag, e.g. ``"health/actor/"``.
+    """
+    captured: dict[str, torch.Tensor] = {}
+
+    def recorder(name: str):
+        def record(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            captured[name] = output
+
+        return record
+
+    handles = [site.activation.register_forward_hook(recorder(name)) for name, site in sites.items()]
+    try:
+        forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = set(sites) - set(captured)
+    if missing:
+        raise RuntimeError(f"the probe forward did not pass through sites {sorted(missing)}")
+    features = {name: _flat(captured[name]) for name in sites}
+    sigma = _stacked_singular_values(features)
+    tags, values = [], []
+    for name, site in sites.items():
+        for metric, value in site_health(features[name], site, sigma[name]).items():
+            tags.append(f"{prefix}{name}/{metric}")
+            values.append(value.double())
+    return dict(zip(tags, torch.stack(values).tolist()))

@@ -1,0 +1,317 @@
+"""Every rule of DESIGN §3, checked on small MLPs."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from cbp_rl import ContinualBackprop, Site, uniform_bound
+
+
+def make_net(inputs=6, hidden=20, outputs=2, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
+
+
+def train_step(net, optimizer, x=None, seed=None):
+    if seed is not None:
+        torch.manual_seed(seed)
+    x = torch.randn(32, net[0].in_features) if x is None else x
+    loss = (net(x) - x[:, :1]).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_replacements_follow_rate_times_mature_units():
+    net = make_net(hidden=50)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.013, maturity_threshold=7)
+    expected = {name: 0.0 for name in cbp.names}
+    for step in range(400):
+        ages_before = cbp.ages()
+        train_step(net, optimizer)
+        for name in cbp.names:
+            expected[name] += 0.013 * np.count_nonzero(ages_before[name] + 1 > 7)
+            assert cbp.replacements()[name] == math.floor(expected[name] + 1e-9), (step, name)
+    assert all(count > 100 for count in cbp.replacements().values())
+
+
+def test_bernoulli_fraction_matches_rate_on_average():
+    net = make_net(hidden=40)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(
+        net, optimizer, replacement_rate=0.005, maturity_threshold=0, fractional="bernoulli"
+    )
+    for _ in range(2000):
+        train_step(net, optimizer)
+    mean = 2000 * 0.005 * 40
+    for count in cbp.replacements().values():
+        assert abs(count - mean) < 4 * math.sqrt(mean)
+
+
+def test_zero_rate_tracks_utility_and_replaces_nothing():
+    net = make_net()
+    before = copy.deepcopy(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0, maturity_threshold=0)
+    for _ in range(50):
+        train_step(net, optimizer)
+    assert cbp.replacements() == {"l0": 0, "l1": 0}
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), before.parameters()))
+    assert all((u > 0).any() for u in cbp.utilities().values())
+    assert all((age == 50).all() for age in cbp.ages().values())
+
+
+def test_replaces_the_lowest_utility_mature_units():
+    net = make_net(hidden=20)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0, maturity_threshold=30)
+    with torch.no_grad():
+        net[2].weight[:, [4, 11]] = 0.0
+    for _ in range(40):
+        train_step(net, optimizer)
+    assert set(torch.topk(cbp.utilities()["l0"], 2, largest=False).indices.tolist()) == {4, 11}
+    cbp.replacement_rate = 0.1
+    train_step(net, optimizer)
+    assert np.flatnonzero(cbp.ages()["l0"] == 0).tolist() == [4, 11]
+
+    # 4 and 11 now have zero utility but are immature; among the mature units, 2 is made the least useful
+    with torch.no_grad():
+        net[2].weight[:, 2] = 0.0
+        cbp.states["l0"].utility[2] = 0.0
+    train_step(net, optimizer)
+    assert np.flatnonzero(cbp.ages()["l0"] == 0).tolist() == [2]
+    assert cbp.ages()["l0"][[4, 11]].tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("init", ["lecun", "kaiming", "xavier", "default"])
+def test_new_units_have_fresh_inputs_and_zero_outputs(init):
+    net = make_net(hidden=30)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.1, maturity_threshold=2, init=init)
+    for _ in range(2):
+        train_step(net, optimizer)
+    train_step(net, optimizer, seed=1)
+    new = np.flatnonzero(cbp.ages()["l1"] == 0)
+    assert len(new) == 3
+    bound = uniform_bound(init, net[2], net[3])
+    assert torch.all(net[2].weight[new].abs() <= bound)
+    assert net[2].weight[new].abs().max() > 0.5 * bound
+    assert torch.all(net[2].bias[new] == 0)
+    assert torch.all(net[4].weight[:, new] == 0)
+    assert torch.all(cbp.states["l1"].utility[new] == 0)
+    assert torch.all(cbp.states["l1"].mean_activation[new] == 0)
+
+
+def test_replaced_units_mean_contribution_moves_to_consumer_bias():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 2))
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0, maturity_threshold=0)
+    x = torch.randn(256, 6)
+    for _ in range(2000):
+        train_step(net, optimizer, x=x)
+    with torch.no_grad():
+        before = net(x).mean(0)
+    cbp.replacement_rate = 0.3
+    train_step(net, optimizer, x=x)
+    assert cbp.replacements()["l0"] == 3
+    with torch.no_grad():
+        after = net(x).mean(0)
+    assert torch.allclose(before, after, atol=1e-4)
+
+
+def test_no_grad_forward_between_training_forward_and_step_is_ignored():
+    net = make_net()
+    twin = copy.deepcopy(net)
+    runs = []
+    for model, probe in ((net, True), (twin, False)):
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        cbp = ContinualBackprop.from_sequential(model, optimizer, replacement_rate=0.05, maturity_threshold=3)
+        for step in range(20):
+            torch.manual_seed(step)
+            x = torch.randn(32, 6)
+            loss = (model(x) - 1).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            if probe:
+                with torch.no_grad():
+                    model(torch.randn(500, 6, generator=torch.Generator().manual_seed(step)) * 10)
+            optimizer.step()
+        runs.append(cbp.state_dict())
+    assert runs[0].keys() == runs[1].keys()
+    for key in runs[0]:
+        assert torch.equal(runs[0][key], runs[1][key]), key
+
+
+def test_sites_without_fresh_activations_do_not_age():
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, maturity_threshold=0)
+    train_step(net, optimizer)
+    optimizer.step()
+    assert all((age == 1).all() for age in cbp.ages().values())
+
+
+def first_update_size(reset, betas=(0.9, 0.999)):
+    """Mean |Δw| of the replaced rows and of the other rows in the first Adam step after a replacement."""
+    net = make_net(hidden=40, seed=3)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3, betas=betas)
+    cbp = ContinualBackprop.from_sequential(
+        net, optimizer, replacement_rate=0.0, maturity_threshold=0, reset_optimizer_state=reset == "ours"
+    )
+    for step in range(300):
+        train_step(net, optimizer, seed=step)
+    cbp.replacement_rate = 0.1
+    train_step(net, optimizer, seed=300)
+    new = np.flatnonzero(cbp.ages()["l1"] == 0)
+    if reset == "zero_both":
+        for param, index in ((net[2].weight, (new,)), (net[2].bias, (new,)), (net[4].weight, (slice(None), new))):
+            optimizer.state[param]["exp_avg"][index] = 0
+            optimizer.state[param]["exp_avg_sq"][index] = 0
+    cbp.replacement_rate = 0.0
+    for _ in range(3):  # incoming weights get gradients only once the outgoing ones have moved
+        before = net[4].weight.detach().clone()
+        train_step(net, optimizer, seed=301)
+    delta = (net[4].weight - before).abs()
+    old = np.setdiff1d(np.arange(40), new)
+    return delta[:, new].mean().item(), delta[:, old].mean().item()
+
+
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.99, 0.99)])
+def test_optimizer_reset_keeps_new_units_updates_no_larger_than_neighbours(betas):
+    new, old = first_update_size("ours", betas)
+    assert new <= old
+    naive_new, naive_old = first_update_size("zero_both", betas)
+    if betas == (0.9, 0.999):
+        assert naive_new > 2 * naive_old  # the trap the reset avoids
+
+
+def test_optimizer_reset_zeroes_first_moment_and_averages_second():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 2))
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0, maturity_threshold=0)
+    for step in range(20):
+        train_step(net, optimizer, seed=step)
+    cbp.replacement_rate = 0.2
+    cbp.record_features(False)
+    cbp.record_features(True)
+    net(torch.randn(8, 6)).sum().backward()
+    v_before = optimizer.state[net[2].weight]["exp_avg_sq"].clone()
+    cbp.step()  # generate-and-test without an Adam update in between
+    new = np.flatnonzero(cbp.ages()["l0"] == 0)
+    kept = np.setdiff1d(np.arange(10), new)
+    state = optimizer.state[net[0].weight]
+    assert len(new) == 2
+    assert torch.all(state["exp_avg"][new] == 0)
+    assert torch.allclose(state["exp_avg_sq"][new], state["exp_avg_sq"][kept].mean().expand(2, 6))
+    consumer = optimizer.state[net[2].weight]["exp_avg_sq"]
+    assert torch.allclose(consumer[:, new], v_before[:, kept].mean().expand(2, 2))
+
+
+def test_state_round_trips_and_continues_identically():
+    def run(cbp_state=None, net_state=None, opt_state=None, steps=60, start=0):
+        net = make_net(seed=7)
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.02, maturity_threshold=10)
+        if cbp_state is not None:
+            net.load_state_dict(net_state)
+            optimizer.load_state_dict(opt_state)
+            cbp.load_state_dict(cbp_state)
+        for step in range(start, start + steps):
+            train_step(net, optimizer, seed=step)
+        return net, optimizer, cbp
+
+    net, optimizer, cbp = run(steps=60)
+    saved = {k: v.clone() for k, v in cbp.state_dict().items()}
+    assert saved["states.l0.replaced"] > 0 and saved["states.l0.accumulator"] > 0
+    net2, opt2, cbp2 = run(saved, copy.deepcopy(net.state_dict()), copy.deepcopy(optimizer.state_dict()), steps=0)
+    for key, value in cbp2.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    assert cbp2.replacements() == cbp.replacements()
+    for model, opt, c in ((net, optimizer, cbp), (net2, opt2, cbp2)):
+        for step in range(60, 100):
+            train_step(model, opt, seed=step)
+    assert cbp2.replacements() == cbp.replacements()
+    assert all(torch.equal(a, b) for a, b in zip(net.parameters(), net2.parameters()))
+
+
+def test_site_with_several_consumers_zeroes_every_consumer():
+    torch.manual_seed(0)
+    body, act = nn.Linear(4, 16), nn.Tanh()
+    mu, log_std = nn.Linear(16, 2), nn.Linear(16, 2)
+    params = [*body.parameters(), *mu.parameters(), *log_std.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    cbp = ContinualBackprop({"pi": Site(body, act, (mu, log_std))}, optimizer, replacement_rate=0.25, maturity_threshold=1)
+    for _ in range(2):
+        h = act(body(torch.randn(8, 4)))
+        (mu(h).sum() + log_std(h).sum()).backward()
+        optimizer.step()
+    new = np.flatnonzero(cbp.ages()["pi"] == 0)
+    assert len(new) == 4
+    assert torch.all(mu.weight[:, new] == 0) and torch.all(log_std.weight[:, new] == 0)
+
+
+def test_attach_moves_the_hook_to_a_recreated_optimizer():
+    net = make_net()
+    first = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, first, maturity_threshold=0)
+    second = torch.optim.SGD(net.parameters(), lr=1e-2)
+    assert cbp.is_attached(first) and not cbp.is_attached(second)
+    cbp.attach(second)
+    assert cbp.is_attached(second) and not cbp.is_attached(first)
+    train_step(net, first)
+    assert all((age == 0).all() for age in cbp.ages().values())
+    train_step(net, second)
+    assert all((age == 1).all() for age in cbp.ages().values())
+
+
+def test_record_features_off_freezes_cbp():
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, maturity_threshold=0)
+    cbp.record_features(False)
+    train_step(net, optimizer)
+    assert not cbp.recording and all((age == 0).all() for age in cbp.ages().values())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(replacement_rate=1.5), "replacement_rate=1.5"),
+        (dict(maturity_threshold=-1), "maturity_threshold=-1"),
+        (dict(maturity_threshold=2.5), "maturity_threshold=2.5"),
+        (dict(decay_rate=1.0), "decay_rate=1.0"),
+        (dict(init="he"), "init='he'"),
+        (dict(fractional="round"), "fractional='round'"),
+    ],
+)
+def test_bad_settings_raise_one_line_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")) as error:
+        ContinualBackprop.from_sequential(make_net(), **kwargs)
+    assert "\n" not in str(error.value)
+
+
+def test_malformed_networks_are_rejected():
+    with pytest.raises(ValueError, match="from_sequential expects"):
+        ContinualBackprop.from_sequential(nn.Sequential(nn.Linear(3, 4), nn.ReLU()))
+    with pytest.raises(ValueError, match="from_sequential expects"):
+        ContinualBackprop.from_sequential(nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1)))
+    with pytest.raises(ValueError, match="does not read"):
+        Site(nn.Linear(3, 4), nn.ReLU(), (nn.Linear(5, 1),))
+    act = nn.ReLU()
+    with pytest.raises(ValueError, match="shared"):
+        ContinualBackprop.from_sequential(nn.Sequential(nn.Linear(3, 4), act, nn.Linear(4, 4), act, nn.Linear(4, 1)))
+
+
+def test_init_bounds():
+    layer = nn.Linear(48, 12)
+    assert uniform_bound("lecun", layer) == pytest.approx(math.sqrt(3 / 48))
+    assert uniform_bound("kaiming", layer, nn.ReLU()) == pytest.approx(math.sqrt(2) * math.sqrt(3 / 48))
+    assert uniform_bound("xavier", layer, nn.Tanh()) == pytest.approx(5 / 3 * math.sqrt(6 / 60))
+    assert uniform_bound("default", layer) == pytest.approx(1 / math.sqrt(48))
