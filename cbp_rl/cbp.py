@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,21 +47,27 @@ class Site:
         return self.producer.out_features
 
 
-def sequential_sites(net: nn.Sequential) -> list[Site]:
-    """Sites of an ``nn.Sequential`` that alternates Linear and activation modules, ending with a Linear."""
+def sequential_sites(net: nn.Sequential, heads: Sequence[nn.Linear] = ()) -> dict[str, Site]:
+    """Sites ``l0, l1, ...`` of an ``nn.Sequential`` alternating Linear and activation modules.
+
+    The Sequential either ends with a Linear (a complete MLP) or with an activation whose output
+    ``heads`` read (an MLP body, e.g. SB3's ``policy_net`` feeding ``action_net``).
+    """
     layers = list(net)
     linears, activations = layers[0::2], layers[1::2]
+    ends_with_linear = len(linears) == len(activations) + 1
     if (
-        len(linears) < 2
-        or len(linears) != len(activations) + 1
+        not activations
+        or not (ends_with_linear or (len(linears) == len(activations) and heads))
         or not all(isinstance(m, nn.Linear) for m in linears)
         or any(isinstance(m, nn.Linear) or any(True for _ in m.parameters()) for m in activations)
     ):
         raise ValueError(
-            "from_sequential expects nn.Sequential(Linear, activation, Linear, ..., activation, Linear) "
-            f"with parameter-free activations; got {[type(m).__name__ for m in layers]}"
+            "expected nn.Sequential(Linear, activation, ..., Linear) or an MLP body ending with an activation "
+            f"plus its heads, with parameter-free activations; got {[type(m).__name__ for m in layers]}"
         )
-    return [Site(linears[i], activations[i], (linears[i + 1],)) for i in range(len(activations))]
+    consumers = [(linear,) for linear in linears[1:]] + ([] if ends_with_linear else [tuple(heads)])
+    return {f"l{i}": Site(linears[i], activations[i], consumers[i]) for i in range(len(activations))}
 
 
 @dataclass
@@ -142,18 +149,11 @@ class ContinualBackprop(nn.Module):
         reset_optimizer_state: bool = True,
     ) -> None:
         super().__init__()
-        _check_settings(replacement_rate, maturity_threshold, decay_rate, fractional)
         named = dict(sites) if isinstance(sites, Mapping) else {f"l{i}": s for i, s in enumerate(sites)}
         if not named:
             raise ValueError("ContinualBackprop needs at least one Site")
         if len({id(s.activation) for s in named.values()}) != len(named):
             raise ValueError("each Site needs its own activation module instance (one is shared)")
-        self.replacement_rate = float(replacement_rate)
-        self.maturity_threshold = int(maturity_threshold)
-        self.decay_rate = float(decay_rate)
-        self.init = check_init(init)
-        self.fractional = fractional
-        self.reset_optimizer_state = reset_optimizer_state
         self._sites = list(named.values())
         self.names = list(named)
         self.states = nn.ModuleDict(
@@ -162,9 +162,17 @@ class ContinualBackprop(nn.Module):
                 for name, s in named.items()
             }
         )
-        self._bounds = [uniform_bound(init, s.producer, s.activation) for s in self._sites]
+        self.configure(
+            replacement_rate=replacement_rate,
+            maturity_threshold=maturity_threshold,
+            decay_rate=decay_rate,
+            init=init,
+            fractional=fractional,
+            reset_optimizer_state=reset_optimizer_state,
+        )
         self._out_rows = [sum(c.out_features for c in s.consumers) for s in self._sites]
         self._nonnegative = [isinstance(s.activation, _NONNEGATIVE_ACTIVATIONS) for s in self._sites]
+        self.register_load_state_dict_pre_hook(ContinualBackprop._start_fresh_if_absent)
         self._features: list[torch.Tensor | None] = [None] * len(self._sites)
         self._feature_hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._step_hook: torch.utils.hooks.RemovableHandle | None = None
@@ -172,6 +180,56 @@ class ContinualBackprop(nn.Module):
         self.record_features(True)
         if optimizer is not None:
             self.attach(optimizer)
+
+    def configure(
+        self,
+        *,
+        replacement_rate: float,
+        maturity_threshold: int,
+        decay_rate: float,
+        init: str,
+        fractional: str,
+        reset_optimizer_state: bool,
+    ) -> None:
+        """Set every hyperparameter (see the class docstring); they are saved in ``state_dict`` too."""
+        _check_settings(replacement_rate, maturity_threshold, decay_rate, fractional)
+        self.replacement_rate = float(replacement_rate)
+        self.maturity_threshold = int(maturity_threshold)
+        self.decay_rate = float(decay_rate)
+        self.init = check_init(init)
+        self.fractional = fractional
+        self.reset_optimizer_state = bool(reset_optimizer_state)
+        self._bounds = [uniform_bound(init, s.producer, s.activation) for s in self._sites]
+
+    @classmethod
+    def default_settings(cls) -> dict[str, float | int | str | bool]:
+        """The constructor's default hyperparameters."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+
+    @property
+    def settings(self) -> dict[str, float | int | str | bool]:
+        """The hyperparameters in use, as keyword arguments of the constructor."""
+        return {
+            "replacement_rate": self.replacement_rate,
+            "maturity_threshold": self.maturity_threshold,
+            "decay_rate": self.decay_rate,
+            "init": self.init,
+            "fractional": self.fractional,
+            "reset_optimizer_state": self.reset_optimizer_state,
+        }
+
+    def get_extra_state(self) -> dict[str, float | int | str | bool]:
+        return self.settings
+
+    def set_extra_state(self, state: dict[str, float | int | str | bool]) -> None:
+        self.configure(**state)
+
+    @staticmethod
+    def _start_fresh_if_absent(module: ContinualBackprop, state_dict: dict, prefix: str, *args: object) -> None:
+        """A state dict without any CBP entry (e.g. plain-backprop weights: a warm start) keeps the current state."""
+        if not any(key.startswith(prefix) for key in state_dict):
+            state_dict.update({prefix + key: value for key, value in module.state_dict().items()})
 
     @classmethod
     def from_sequential(
@@ -335,11 +393,7 @@ class ContinualBackprop(nn.Module):
         return result
 
     def extra_repr(self) -> str:
-        return (
-            f"sites={self.names}, replacement_rate={self.replacement_rate}, "
-            f"maturity_threshold={self.maturity_threshold}, decay_rate={self.decay_rate}, init={self.init!r}, "
-            f"fractional={self.fractional!r}, reset_optimizer_state={self.reset_optimizer_state}"
-        )
+        return f"sites={self.names}, " + ", ".join(f"{key}={value!r}" for key, value in self.settings.items())
 
 
 def _batch_means(

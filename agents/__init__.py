@@ -1,0 +1,25 @@
+"""SB3 policy classes with continual backprop, and the callbacks and checkpoints of a training run."""
+
+from .callbacks import FrictionCallback, UnitHealthCallback
+from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_schedule_states, schedule_states
+from .policies import CBP_KEYS, POLICY_INITS, CBPActorCriticPolicy, CBPSACPolicy, resolve_cbp_settings
+from .sites import network_parameters, policy_heads, policy_sites, probe_forward
+
+__all__ = [
+    "CBPActorCriticPolicy",
+    "CBPSACPolicy",
+    "CBP_KEYS",
+    "POLICY_INITS",
+    "resolve_cbp_settings",
+    "UnitHealthCallback",
+    "FrictionCallback",
+    "RunCheckpointCallback",
+    "Checkpoint",
+    "list_checkpoints",
+    "schedule_states",
+    "restore_schedule_states",
+    "policy_sites",
+    "policy_heads",
+    "network_parameters",
+    "probe_forward",
+]

@@ -1,0 +1,142 @@
+"""SB3 callbacks that log unit health, CBP activity and the friction schedule through SB3's logger (TensorBoard)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.utils import obs_as_tensor
+
+from cbp_rl import probe, weight_magnitude
+
+from .sites import network_parameters, policy_heads, policy_sites, probe_forward
+
+_TB_ONLY = ("stdout", "log", "json", "csv")
+
+
+class UnitHealthCallback(BaseCallback):
+    """Logs DESIGN §4 unit-health metrics of every site of the actor and critic(s), and CBP's activity.
+
+    On-policy algorithms (PPO) are probed at every rollout end on that rollout's observations;
+    off-policy ones (SAC) every ``log_every`` environment steps on the newest replay transitions.
+    Tags: ``health/{network}/{site}/{metric}``, ``health/{network}/{head}/weight_mag``,
+    ``health/{network}/grad_norm`` (last update), ``cbp/{network}/{site}/replaced`` (cumulative),
+    ``cbp/{network}/{site}/mean_age`` and, in TensorBoard only, ``cbp/{network}/{site}/utility``.
+
+    :param log_every: off-policy only: environment steps (``num_timesteps``) between two probes.
+    :param probe_size: at most this many observations per probe (a PPO rollout is thinned evenly).
+    :param utility_histograms: also log histograms of the bias-corrected CBP utilities.
+    """
+
+    def __init__(self, log_every: int = 10_000, probe_size: int = 2048, utility_histograms: bool = True, verbose: int = 0):
+        super().__init__(verbose)
+        self.log_every = log_every
+        self.probe_size = probe_size
+        self.utility_histograms = utility_histograms
+        self._last_probe = -np.inf
+
+    def _init_callback(self) -> None:
+        policy = self.model.policy
+        self._sites = {f"{net}/{name}": site for net, sites in policy_sites(policy).items() for name, site in sites.items()}
+        self._heads = policy_heads(policy)
+        self._parameters = network_parameters(policy)
+        self._off_policy = isinstance(self.model, OffPolicyAlgorithm)
+
+    def _on_step(self) -> bool:
+        if self._off_policy and self.num_timesteps - self._last_probe >= self.log_every:
+            batch = self._replay_batch()
+            if batch is not None:
+                self._last_probe = self.num_timesteps
+                self.log_health(*batch)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if not self._off_policy:
+            observations = self.model.rollout_buffer.observations
+            self.log_health(self._as_tensor(observations.reshape(-1, *observations.shape[2:])))
+
+    def _as_tensor(self, array: np.ndarray) -> torch.Tensor:
+        if len(array) > self.probe_size:
+            array = array[np.linspace(0, len(array) - 1, self.probe_size).round().astype(int)]
+        return obs_as_tensor(array, self.model.device)
+
+    def _replay_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        buffer = self.model.replay_buffer
+        stored = buffer.buffer_size if buffer.full else buffer.pos
+        if stored == 0:
+            return None
+        count = min(stored, max(1, self.probe_size // buffer.n_envs))
+        rows = (buffer.pos - 1 - np.arange(count)) % buffer.buffer_size
+        observations = buffer.observations[rows].reshape(-1, *buffer.obs_shape)
+        actions = buffer.actions[rows].reshape(-1, buffer.action_dim)
+        return self._as_tensor(observations), self._as_tensor(actions)
+
+    def log_health(self, observations: torch.Tensor, actions: torch.Tensor | None = None) -> dict[str, float]:
+        """Probe the policy on a batch and record every metric; returns the scalar ones."""
+        policy = self.model.policy
+        scalars = probe(lambda: probe_forward(policy, observations, actions), self._sites, prefix="health/")
+        for network, heads in self._heads.items():
+            for name, head in heads.items():
+                scalars[f"health/{network}/{name}/weight_mag"] = weight_magnitude(head).item()
+        for network, parameters in self._parameters.items():
+            grads = [p.grad for p in parameters if p.grad is not None]
+            if grads:
+                scalars[f"health/{network}/grad_norm"] = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+        scalars |= self._cbp_scalars()
+        for key, value in scalars.items():
+            self.logger.record(key, value)
+        return scalars
+
+    def _cbp_scalars(self) -> dict[str, float]:
+        scalars = {}
+        for network, cbp in (getattr(self.model.policy, "cbp", None) or {}).items():
+            ages = cbp.ages()
+            for site, count in cbp.replacements().items():
+                scalars[f"cbp/{network}/{site}/replaced"] = float(count)
+                scalars[f"cbp/{network}/{site}/mean_age"] = float(ages[site].mean())
+            if self.utility_histograms:
+                for site, utility in cbp.utilities().items():
+                    self.logger.record(f"cbp/{network}/{site}/utility", utility.detach().cpu(), exclude=_TB_ONLY)
+        return scalars
+
+
+class FrictionCallback(BaseCallback):
+    """Logs the friction schedule from ``info``: ``env/friction``, ``env/friction_segment``, and
+    ``env/segment_return``, the mean episode return of a friction segment, when its last episode ends.
+
+    Needs episode statistics in ``info["episode"]`` (SB3's ``Monitor``/``VecMonitor``).
+    """
+
+    def __init__(self, verbose: int = 0):
+        super().__init__(verbose)
+        self.segment: int | None = None
+        self.segment_returns: list[float] = []
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            if "episode" in info and "friction_segment" in info:
+                self._episode_ended(info["friction_segment"], float(info["episode"]["r"]))
+        return True
+
+    def _episode_ended(self, segment: int, episode_return: float) -> None:
+        if self.segment is not None and segment != self.segment and self.segment_returns:
+            self.logger.record("env/segment_return", float(np.mean(self.segment_returns)))
+            self.segment_returns = []
+        self.segment = segment
+        self.segment_returns.append(episode_return)
+
+    def _on_rollout_end(self) -> None:
+        infos = self.locals.get("infos") or []
+        if infos and "friction" in infos[0]:
+            self.logger.record("env/friction", float(infos[0]["friction"]))
+            self.logger.record("env/friction_segment", int(infos[0]["friction_segment"]))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"segment": self.segment, "segment_returns": list(self.segment_returns)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.segment = state["segment"]
+        self.segment_returns = list(state["segment_returns"])

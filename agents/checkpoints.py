@@ -1,0 +1,129 @@
+"""Checkpoints that resume a run exactly: SB3 model zip, optional replay buffer, and the run state beside them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.vec_env import VecEnv
+
+_STATE_FILE = re.compile(r"^(?P<prefix>.+)_run_state_(?P<steps>\d+)_steps\.json$")
+
+
+def schedule_states(env: VecEnv) -> list[dict[str, Any]] | None:
+    """The friction-schedule state of every sub-env, or None for envs without a schedule."""
+    try:
+        return env.env_method("get_schedule_state")
+    except AttributeError:
+        return None
+
+
+def restore_schedule_states(env: VecEnv, states: list[dict[str, Any]] | None) -> None:
+    """Put every sub-env back on its saved friction-schedule state."""
+    if states is None:
+        return
+    if len(states) != env.num_envs:
+        raise ValueError(f"the checkpoint has {len(states)} env states but the env has {env.num_envs} sub-envs: use the same --n-envs")
+    for index, state in enumerate(states):
+        env.env_method("set_schedule_state", state, indices=[index])
+
+
+class RunCheckpointCallback(CheckpointCallback):
+    """SB3's ``CheckpointCallback`` that also writes the run state and keeps only the newest ``keep`` checkpoints.
+
+    A checkpoint ``{prefix}_{steps}_steps.zip`` is complete once ``{prefix}_run_state_{steps}_steps.json``
+    exists (it is written last, atomically); it holds ``num_timesteps``, the friction-schedule state of
+    every sub-env and the state of the ``stateful`` callbacks.
+
+    :param save_freq: save every ``save_freq`` calls of ``env.step()``, i.e. every ``save_freq × n_envs`` steps.
+    :param save_path: folder of the checkpoints.
+    :param keep: number of newest checkpoints kept (older ones are deleted); 0 keeps all.
+    :param save_replay_buffer: also save an off-policy algorithm's replay buffer (can be GBs).
+    :param stateful: callbacks with ``state_dict()``/``load_state_dict()`` whose state belongs to the run.
+    """
+
+    def __init__(
+        self,
+        save_freq: int,
+        save_path: str | os.PathLike,
+        name_prefix: str = "model",
+        keep: int = 3,
+        save_replay_buffer: bool = False,
+        stateful: dict[str, Any] | None = None,
+        verbose: int = 0,
+    ):
+        super().__init__(save_freq, str(save_path), name_prefix, save_replay_buffer=save_replay_buffer, verbose=verbose)
+        self.keep = keep
+        self.stateful = stateful or {}
+
+    def _on_step(self) -> bool:
+        if self.n_calls % self.save_freq == 0:
+            self.save_checkpoint()
+        return True
+
+    def save_checkpoint(self) -> Path:
+        """Save model, replay buffer (if asked) and run state now; returns the model path."""
+        model_path = Path(self._checkpoint_path(extension="zip"))
+        self.model.save(model_path)
+        if self.save_replay_buffer and hasattr(self.model, "replay_buffer") and self.model.replay_buffer is not None:
+            self.model.save_replay_buffer(self._checkpoint_path("replay_buffer_", extension="pkl"))
+        state = {
+            "num_timesteps": self.model.num_timesteps,
+            "schedule_states": schedule_states(self.model.get_env()),
+            "callbacks": {name: callback.state_dict() for name, callback in self.stateful.items()},
+        }
+        state_path = Path(self._checkpoint_path("run_state_", extension="json"))
+        temporary = state_path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(state, indent=1))
+        temporary.replace(state_path)
+        if self.verbose:
+            print(f"Saved checkpoint {model_path}")
+        self._prune()
+        return model_path
+
+    def _prune(self) -> None:
+        if self.keep <= 0:
+            return
+        for checkpoint in list_checkpoints(self.save_path, self.name_prefix)[: -self.keep]:
+            for path in checkpoint.files():
+                path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One complete checkpoint on disk."""
+
+    model: Path
+    run_state: Path
+    replay_buffer: Path | None
+    steps: int
+
+    def files(self) -> list[Path]:
+        return [p for p in (self.run_state, self.model, self.replay_buffer) if p is not None]
+
+    def load_run_state(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.run_state.read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"run state {self.run_state} is unreadable ({error}): the checkpoint is corrupt") from None
+
+
+def list_checkpoints(folder: str | os.PathLike, name_prefix: str = "model") -> list[Checkpoint]:
+    """Complete checkpoints in ``folder``, oldest first."""
+    folder = Path(folder)
+    found = []
+    for path in folder.glob(f"{name_prefix}_run_state_*_steps.json") if folder.is_dir() else []:
+        match = _STATE_FILE.match(path.name)
+        if not match or match["prefix"] != name_prefix:
+            continue
+        steps = int(match["steps"])
+        model = folder / f"{name_prefix}_{steps}_steps.zip"
+        buffer = folder / f"{name_prefix}_replay_buffer_{steps}_steps.pkl"
+        if model.is_file():
+            found.append(Checkpoint(model, path, buffer if buffer.is_file() else None, steps))
+    return sorted(found, key=lambda c: c.steps)

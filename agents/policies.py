@@ -1,0 +1,148 @@
+"""SB3 policy classes whose actor and critic keep their plasticity with continual backprop (DESIGN §2).
+
+``PPO(CBPActorCriticPolicy, env, policy_kwargs=dict(cbp=dict(replacement_rate=1e-4, ...)))`` and
+``SAC(CBPSACPolicy, env, ...)`` train with the plain SB3 algorithms; ``PPO.load`` restores CBP state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.sac.policies import SACPolicy
+from torch import nn
+
+from cbp_rl import ContinualBackprop, init_linear_
+
+from .sites import policy_heads, policy_sites
+
+POLICY_INITS = ("orthogonal", "lecun", "kaiming", "xavier", "default")
+CBP_KEYS = tuple(ContinualBackprop.default_settings())
+
+
+def resolve_cbp_settings(cbp: dict[str, Any] | None, default_init: str) -> dict[str, Any] | None:
+    """Full CBP settings: ContinualBackprop's defaults, the policy's init scheme, then the user's values."""
+    if cbp is None:
+        return None
+    if not isinstance(cbp, dict):
+        raise ValueError(f"cbp={cbp!r} is invalid: expected None (plain backprop) or a dict of {', '.join(CBP_KEYS)}")
+    unknown = sorted(set(cbp) - set(CBP_KEYS))
+    if unknown:
+        raise ValueError(f"cbp key {unknown[0]!r} is unknown: expected some of {', '.join(CBP_KEYS)}")
+    return ContinualBackprop.default_settings() | {"init": default_init} | cbp
+
+
+def _check_policy_kwargs(init: str, kwargs: dict[str, Any]) -> None:
+    if init not in POLICY_INITS:
+        raise ValueError(f"init={init!r} is invalid: expected one of {', '.join(POLICY_INITS)}")
+    if kwargs.get("use_sde"):
+        raise ValueError(
+            "use_sde=True is not supported by the CBP policies: gSDE reads the last hidden layer through a "
+            "non-Linear noise matrix that CBP cannot reset; use use_sde=False"
+        )
+
+
+class _PlasticityMixin:
+    """CBP on every network of an SB3 policy: one ContinualBackprop per network, on that network's optimizer."""
+
+    cbp: nn.ModuleDict | None
+
+    def _setup_plasticity(self, cbp: dict[str, Any] | None, init: str, reinit_uniform: bool) -> None:
+        self.init = init
+        sites = policy_sites(self)
+        if reinit_uniform:
+            self._apply_init(sites)
+        self.cbp_settings = resolve_cbp_settings(cbp, init if init != "orthogonal" else "kaiming")
+        self.cbp = None
+        if self.cbp_settings is not None:
+            self.cbp = nn.ModuleDict(
+                {
+                    name: ContinualBackprop(network_sites, self._optimizer_of(name), **self.cbp_settings)
+                    for name, network_sites in sites.items()
+                }
+            )
+
+    @torch.no_grad()
+    def _apply_init(self, sites: dict) -> None:
+        for network in sites.values():
+            for site in network.values():
+                init_linear_(site.producer, self.init, site.activation)
+        for heads in policy_heads(self).values():
+            for head in heads.values():
+                init_linear_(head, self.init)
+
+    def _optimizer_of(self, network: str) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def set_training_mode(self, mode: bool) -> None:
+        """Also switch CBP's activation recording: on while training, off for rollouts and evaluation."""
+        super().set_training_mode(mode)
+        for name, cbp in (self.cbp or {}).items():
+            if cbp.recording != mode:
+                cbp.record_features(mode)
+            optimizer = self._optimizer_of(name)
+            if mode and not cbp.is_attached(optimizer):
+                cbp.attach(optimizer)
+
+    def _plasticity_constructor_parameters(self) -> dict[str, Any]:
+        return {"cbp": self.cbp_settings, "init": self.init}
+
+
+class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
+    """SB3's ``ActorCriticPolicy`` (for ``PPO``/``A2C``) with continual backprop on the actor and critic MLPs.
+
+    Sites: every hidden layer of ``mlp_extractor.policy_net`` (the last one read by ``action_net``) and of
+    ``mlp_extractor.value_net`` (the last one read by ``value_net``). CBP runs after every optimizer step,
+    i.e. once per PPO minibatch.
+
+    :param cbp: ContinualBackprop settings (``replacement_rate``, ``maturity_threshold``, ``decay_rate``,
+        ``init``, ``fractional``, ``reset_optimizer_state``); missing keys take ContinualBackprop's defaults and
+        ``init`` the policy's scheme. ``None``: plain backprop on the same network (the std/L2 baselines).
+    :param init: weight init of the MLPs and heads: ``orthogonal`` (SB3's default, gains √2 / 0.01 / 1) or a
+        uniform scheme ``lecun`` (the paper's), ``kaiming``, ``xavier``, ``default`` with zero biases.
+        Re-initialized units use the same scheme; with ``orthogonal``, the variance-matched ``kaiming`` bound.
+    :param kwargs: everything ``ActorCriticPolicy`` takes (``net_arch``, ``activation_fn``, ``optimizer_kwargs``
+        ...). ``use_sde=True`` is rejected.
+    """
+
+    def __init__(self, *args: Any, cbp: dict[str, Any] | None = None, init: str = "orthogonal", **kwargs: Any):
+        _check_policy_kwargs(init, kwargs)
+        if init != "orthogonal":
+            kwargs["ortho_init"] = False
+        super().__init__(*args, **kwargs)
+        self._setup_plasticity(cbp, init, reinit_uniform=init != "orthogonal")
+
+    def _optimizer_of(self, network: str) -> torch.optim.Optimizer:
+        return self.optimizer
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return super()._get_constructor_parameters() | self._plasticity_constructor_parameters()
+
+
+class CBPSACPolicy(_PlasticityMixin, SACPolicy):
+    """SB3's ``SACPolicy`` with continual backprop on the actor and on every critic Q-network.
+
+    Sites: every hidden layer of ``actor.latent_pi`` (the last one read by ``mu`` and ``log_std``), CBP
+    stepping with ``actor.optimizer``; every hidden layer of each ``critic.qf{i}``, stepping with
+    ``critic.optimizer``. ``critic_target`` gets no CBP: it follows the critic by Polyak averaging.
+
+    :param cbp: as for `CBPActorCriticPolicy`; ``init`` defaults to the policy's scheme.
+    :param init: ``default`` (SB3's SAC: torch's nn.Linear init) or ``lecun``, ``kaiming``, ``xavier``.
+    :param kwargs: everything ``SACPolicy`` takes; ``use_sde=True`` is rejected.
+    """
+
+    def __init__(self, *args: Any, cbp: dict[str, Any] | None = None, init: str = "default", **kwargs: Any):
+        _check_policy_kwargs(init, kwargs)
+        if init == "orthogonal":
+            raise ValueError("init='orthogonal' is invalid for SAC: expected one of lecun, kaiming, xavier, default")
+        super().__init__(*args, **kwargs)
+        self._setup_plasticity(cbp, init, reinit_uniform=init != "default")
+        if init != "default":
+            self.critic_target.load_state_dict(self.critic.state_dict())
+
+    def _optimizer_of(self, network: str) -> torch.optim.Optimizer:
+        return self.actor.optimizer if network == "actor" else self.critic.optimizer
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        return super()._get_constructor_parameters() | self._plasticity_constructor_parameters()

@@ -1,0 +1,221 @@
+"""CBP policies inside the real SB3 PPO and SAC: replacement rates, save/load across processes, logging."""
+
+import json
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.env_util import make_vec_env
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import envs  # noqa: F401  (registers the Slippery* ids)
+from agents import (
+    CBPActorCriticPolicy,
+    CBPSACPolicy,
+    FrictionCallback,
+    RunCheckpointCallback,
+    UnitHealthCallback,
+    list_checkpoints,
+    policy_sites,
+)
+
+UNITS = 32
+CBP = dict(replacement_rate=0.01, maturity_threshold=10)
+
+
+def ppo(cbp=CBP, n_envs=1, **kwargs):
+    env = make_vec_env("SlipperyHopper-v0", n_envs=n_envs, seed=0, env_kwargs=dict(change_every=300))
+    policy_kwargs = dict(net_arch=[UNITS, UNITS], cbp=cbp, init="lecun")
+    return PPO(CBPActorCriticPolicy, env, n_steps=128, batch_size=32, n_epochs=2, seed=0, policy_kwargs=policy_kwargs, **kwargs)
+
+
+def sac(cbp=CBP, **kwargs):
+    env = make_vec_env("SlipperyHopper-v0", seed=0)
+    policy_kwargs = dict(net_arch=[UNITS, UNITS], cbp=cbp)
+    return SAC(CBPSACPolicy, env, learning_starts=50, batch_size=32, buffer_size=5000, seed=0, policy_kwargs=policy_kwargs, **kwargs)
+
+
+def replacements(model):
+    return {f"{net}/{site}": n for net, cbp in model.policy.cbp.items() for site, n in cbp.replacements().items()}
+
+
+def assert_rate(counts, updates):
+    """Every site replaced about ``rate × mature units`` per update (fewer only by re-maturing newborns)."""
+    most = CBP["replacement_rate"] * UNITS * (updates - CBP["maturity_threshold"])
+    for site, count in counts.items():
+        assert most * 0.8 <= count <= most + 1, (site, count, most)
+
+
+def test_ppo_replaces_units_in_actor_and_critic_at_the_configured_rate():
+    model = ppo()
+    model.learn(512)
+    updates = 4 * 2 * (128 // 32)
+    counts = replacements(model)
+    assert set(counts) == {"actor/l0", "actor/l1", "critic/l0", "critic/l1"}
+    assert_rate(counts, updates)
+
+
+def test_sac_replaces_units_in_actor_and_every_critic_but_not_the_target():
+    model = sac(tau=0.0)
+    target_before = {k: v.clone() for k, v in model.policy.critic_target.state_dict().items()}
+    model.learn(250)
+    counts = replacements(model)
+    assert set(counts) == {"actor/l0", "actor/l1", "critic0/l0", "critic0/l1", "critic1/l0", "critic1/l1"}
+    assert_rate(counts, 200)
+    for key, value in model.policy.critic_target.state_dict().items():
+        assert torch.equal(value, target_before[key]), key
+    target_modules = set(map(id, model.policy.critic_target.modules()))
+    for sites in policy_sites(model.policy).values():
+        assert not any(id(s.producer) in target_modules or id(s.activation) in target_modules for s in sites.values())
+
+
+def test_cbp_none_is_plain_backprop_on_the_same_network():
+    model = ppo(cbp=None)
+    model.learn(256)
+    assert model.policy.cbp is None
+    assert [p.shape for p in model.policy.parameters()] == [p.shape for p in ppo().policy.parameters()]
+
+
+def test_rollouts_and_evaluation_never_feed_cbp():
+    model = ppo()
+    policy = model.policy
+    policy.set_training_mode(False)
+    assert not any(cbp.recording for cbp in policy.cbp.values())
+    obs = torch.randn(8, *model.observation_space.shape)
+    policy.evaluate_actions(obs, torch.zeros(8, *model.action_space.shape))[0].sum().backward()
+    policy.optimizer.step()
+    assert all((age == 0).all() for cbp in policy.cbp.values() for age in cbp.ages().values())
+    policy.set_training_mode(True)
+    policy.evaluate_actions(obs, torch.zeros(8, *model.action_space.shape))[0].sum().backward()
+    policy.optimizer.step()
+    assert all((age == 1).all() for cbp in policy.cbp.values() for age in cbp.ages().values())
+
+
+def test_a_recreated_optimizer_gets_cbp_back_at_the_next_training_phase():
+    model = ppo()
+    model.policy.optimizer = torch.optim.Adam(model.policy.parameters(), lr=1e-4)
+    model.learn(256)
+    assert all(count > 0 for count in replacements(model).values())
+
+
+def test_gsde_and_bad_settings_are_rejected_with_one_line():
+    for kwargs, message in (
+        (dict(use_sde=True), "use_sde=True"),
+        (dict(cbp=dict(replacment_rate=0.1)), "'replacment_rate'"),
+        (dict(cbp=dict(maturity_threshold=-3)), "maturity_threshold=-3"),
+        (dict(init="glorot"), "init='glorot'"),
+    ):
+        env = make_vec_env("SlipperyHopper-v0", seed=0)
+        with pytest.raises(ValueError, match=message) as error:
+            PPO(CBPActorCriticPolicy, env, policy_kwargs=kwargs, use_sde=kwargs.pop("use_sde", False))
+        assert "\n" not in str(error.value)
+
+
+def test_loaded_model_uses_trained_settings_and_predicts_without_env(tmp_path):
+    model = ppo(cbp=dict(replacement_rate=0.02, maturity_threshold=7))
+    model.learn(256)
+    model.save(tmp_path / "m.zip")
+    loaded = PPO.load(tmp_path / "m.zip", env=None, custom_objects={"policy_kwargs": dict(net_arch=[UNITS, UNITS], cbp={})})
+    assert loaded.policy.cbp["actor"].settings == model.policy.cbp["actor"].settings
+    action, _ = loaded.predict(np.zeros(model.observation_space.shape, dtype=np.float32), deterministic=True)
+    assert action.shape == model.action_space.shape
+
+
+def test_plain_mlp_checkpoint_warm_starts_the_cbp_class(tmp_path):
+    env = make_vec_env("SlipperyHopper-v0", seed=0)
+    plain = PPO("MlpPolicy", env, n_steps=64, batch_size=32, seed=0, policy_kwargs=dict(net_arch=[UNITS, UNITS]))
+    plain.learn(64)
+    plain.save(tmp_path / "plain.zip")
+    model = ppo()
+    model.set_parameters(str(tmp_path / "plain.zip"))
+    for name, value in plain.policy.state_dict().items():
+        assert torch.equal(model.policy.state_dict()[name], value), name
+    model.learn(512)
+    assert all(count > 0 for count in replacements(model).values())
+
+
+LOAD_AND_CONTINUE = """
+import json, sys, torch
+import envs
+from stable_baselines3 import {algo}
+from stable_baselines3.common.env_util import make_vec_env
+model = {algo}.load(sys.argv[1], env=make_vec_env("SlipperyHopper-v0", seed=1))
+saved = torch.load(sys.argv[2])
+state = model.policy.state_dict()
+same = all(torch.equal(state[k], v) for k, v in saved.items())
+before = {{n: c.replacements() for n, c in model.policy.cbp.items()}}
+model.learn({steps}, reset_num_timesteps=False)
+after = {{n: c.replacements() for n, c in model.policy.cbp.items()}}
+print(json.dumps(dict(same=same, n_keys=len(saved), before=before, after=after)))
+"""
+
+
+@pytest.mark.parametrize("algo", ["PPO", "SAC"])
+def test_checkpoint_reloads_in_a_new_process_and_keeps_replacing(tmp_path, algo):
+    model = ppo() if algo == "PPO" else sac()
+    model.learn(512 if algo == "PPO" else 150)
+    model.save(tmp_path / "model.zip")
+    cbp_state = {k: v for k, v in model.policy.state_dict().items() if k.startswith("cbp.") and torch.is_tensor(v)}
+    torch.save(cbp_state, tmp_path / "cbp.pt")
+    script = LOAD_AND_CONTINUE.format(algo=algo, steps=256 if algo == "PPO" else 100)
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "model.zip"), str(tmp_path / "cbp.pt")],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1],
+    )
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["same"] and result["n_keys"] >= 10
+    assert result["before"] == {n: c.replacements() for n, c in model.policy.cbp.items()}
+    for network, sites in result["after"].items():
+        for site, count in sites.items():
+            assert count > result["before"][network][site], (network, site)
+
+
+def scalar_tags(folder):
+    tags = set()
+    for path in Path(folder).rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "histograms": 0})
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"]) | {f"hist:{t}" for t in accumulator.Tags()["histograms"]}
+    return tags
+
+
+def test_tensorboard_events_carry_health_cbp_and_friction_tags(tmp_path):
+    model = ppo(tensorboard_log=str(tmp_path))
+    model.learn(1024, callback=[UnitHealthCallback(), FrictionCallback()])
+    tags = scalar_tags(tmp_path)
+    for network in ("actor", "critic"):
+        for site in ("l0", "l1"):
+            for metric in ("dead_frac", "dormant_frac", "effective_rank", "stable_rank", "weight_mag", "feature_norm"):
+                assert f"health/{network}/{site}/{metric}" in tags
+            assert f"cbp/{network}/{site}/replaced" in tags and f"hist:cbp/{network}/{site}/utility" in tags
+        assert f"health/{network}/grad_norm" in tags and f"health/{network}/head/weight_mag" in tags
+    assert {"env/friction", "env/friction_segment", "env/segment_return", "rollout/ep_rew_mean"} <= tags
+
+
+def test_sac_health_probes_the_replay_buffer(tmp_path):
+    model = sac(tensorboard_log=str(tmp_path))
+    callback = UnitHealthCallback(log_every=50)
+    model.learn(120, callback=callback, log_interval=1)
+    scalars = callback.log_health(*callback._replay_batch())
+    assert {"health/critic1/l1/dead_frac", "health/actor/mu/weight_mag", "cbp/critic0/l0/replaced"} <= set(scalars)
+    assert all(math.isfinite(v) for v in scalars.values())
+
+
+def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):
+    model = ppo(n_envs=2)
+    friction = FrictionCallback()
+    saver = RunCheckpointCallback(64, tmp_path, keep=2, stateful={"friction": friction})
+    model.learn(1024, callback=[friction, saver])
+    checkpoints = list_checkpoints(tmp_path)
+    assert [c.steps for c in checkpoints] == [896, 1024]
+    state = checkpoints[-1].load_run_state()
+    assert state["num_timesteps"] == 1024
+    assert len(state["schedule_states"]) == 2 and state["schedule_states"][0]["segment"] >= 1
+    assert state["callbacks"]["friction"]["segment"] == state["schedule_states"][0]["segment"]
+    assert len(list(tmp_path.iterdir())) == 4
