@@ -1,0 +1,242 @@
+"""The run configuration: one typed schema with defaults, YAML loading with validation, and the env and model it builds.
+
+A YAML file overrides the schema's defaults; ``base: other.yaml`` merges another file first (paths relative to
+the file). Every key is checked: an unknown or mistyped one is an error naming it and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from torch import nn
+
+import envs
+
+from .policies import CBPActorCriticPolicy, CBPSACPolicy
+
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
+POLICIES = {"ppo": CBPActorCriticPolicy, "sac": CBPSACPolicy}
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "silu": nn.SiLU}
+VEC_ENVS = {"dummy": DummyVecEnv, "subproc": SubprocVecEnv}
+_SET_BY_BUILDER = {"self", "policy", "env", "seed", "device", "policy_kwargs", "tensorboard_log", "verbose", "_init_setup_model"}
+
+
+@dataclass
+class EnvConfig:
+    id: str = "SlipperyAnt"  # short name (SlipperyAnt, ...) or any gymnasium id
+    n_envs: int = 1  # parallel copies; Slippery envs count change_every in total steps
+    vec_env: str = "dummy"  # dummy | subproc
+    kwargs: dict = field(default_factory=dict)  # gym.make kwargs: change_every, friction_range, schedule_seed, ...
+
+
+@dataclass
+class PolicyConfig:
+    net_arch: list = field(default_factory=lambda: [256, 256])  # hidden sizes of each network (actor and critic separate)
+    activation: str = "relu"  # one of ACTIVATIONS
+    init: str = "lecun"  # orthogonal (PPO only) | lecun | kaiming | xavier | default
+    log_std_init: typing.Optional[float] = None  # initial log std of the Gaussian policy; None: SB3's default
+    optimizer: dict = field(default_factory=dict)  # Adam kwargs: betas, weight_decay, eps
+    cbp: typing.Optional[dict] = None  # ContinualBackprop settings; None: plain backprop
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500_000  # environment steps between checkpoints
+    keep: int = 3  # newest checkpoints kept; 0 keeps all
+    replay_buffer: bool = False  # SAC: also save the replay buffer (large)
+
+
+@dataclass
+class LoggingConfig:
+    health: bool = True  # unit-health metrics (DESIGN §4)
+    health_every: int = 10_000  # SAC: environment steps between health probes (PPO: every rollout)
+    probe_size: int = 2048  # observations per health probe
+    utility_histograms: bool = True  # CBP utility histograms in TensorBoard
+
+
+@dataclass
+class Config:
+    algo: str = "ppo"  # ppo | sac
+    method: str = "cbp"  # name of the method, used to group runs in plots
+    seed: int = 0  # seeds torch, numpy, the env resets and (by default) the friction schedule
+    total_steps: int = 20_000_000  # environment steps to train for
+    device: str = "auto"  # auto | cpu | cuda
+    env: EnvConfig = field(default_factory=EnvConfig)
+    algo_kwargs: dict = field(default_factory=dict)  # keyword arguments of the SB3 algorithm (PPO / SAC)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping, with its ``base:`` files merged underneath (recursively)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as error:
+        raise ValueError(f"config file {str(path)!r} cannot be read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} is invalid: expected a mapping of keys to values")
+    base = data.pop("base", None)
+    return merge(read_yaml(path.parent / base), data) if base else data
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge: ``override``'s leaves win; nested dicts are merged key by key."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def set_dotted(data: dict[str, Any], assignment: str) -> dict[str, Any]:
+    """Apply ``key.sub=value`` (value parsed as YAML) to a nested dict, returning a new dict."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--set {assignment!r} is invalid: expected key=value, e.g. algo_kwargs.n_steps=256")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    nested: Any = value
+    for part in reversed(key.split(".")):
+        nested = {part: nested}
+    return merge(data, nested)
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate a nested dict against the schema and return the resolved config."""
+    config = _build(Config, data, "")
+    _check_choices(config)
+    return config
+
+
+def _build(schema: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ValueError(f"{prefix.rstrip('.') or 'config'}={data!r} is invalid: expected a mapping")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    values = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise ValueError(f"config key {prefix + str(key)!r} is unknown: expected one of {', '.join(fields)}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            values[key] = _build(kind, value, f"{prefix}{key}.")
+        else:
+            values[key] = _check_type(prefix + key, value, kind)
+    return schema(**values)
+
+
+def _check_type(key: str, value: Any, kind: Any) -> Any:
+    optional = typing.get_origin(kind) is typing.Union
+    base = next(a for a in typing.get_args(kind) if a is not type(None)) if optional else kind
+    if value is None and optional:
+        return None
+    if base is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    raise ValueError(f"config key {key!r}={value!r} is invalid: expected {base.__name__}{' or null' if optional else ''}")
+
+
+def _choice(key: str, value: str, accepted: typing.Iterable[str]) -> None:
+    if value not in accepted:
+        raise ValueError(f"config key {key!r}={value!r} is invalid: expected one of {', '.join(accepted)}")
+
+
+def _check_choices(config: Config) -> None:
+    _choice("algo", config.algo, ALGORITHMS)
+    _choice("env.vec_env", config.env.vec_env, VEC_ENVS)
+    _choice("policy.activation", config.policy.activation, ACTIVATIONS)
+    config.env.id = envs.resolve_env_id(config.env.id)
+    if is_slippery(config.env.id):
+        config.env.kwargs.setdefault("schedule_seed", config.seed)
+    for key in ("total_steps", "checkpoint.every", "env.n_envs", "logging.health_every", "logging.probe_size"):
+        value = _get(config, key)
+        if value <= 0:
+            raise ValueError(f"config key {key!r}={value!r} is invalid: expected a positive integer")
+    signature = inspect.signature(ALGORITHMS[config.algo].__init__).parameters
+    for key, value in config.algo_kwargs.items():
+        if key in _SET_BY_BUILDER or key not in signature:
+            accepted = sorted(set(signature) - _SET_BY_BUILDER)
+            raise ValueError(f"config key 'algo_kwargs.{key}' is unknown for {config.algo}: expected one of {', '.join(accepted)}")
+        default = signature[key].default
+        if isinstance(default, bool):
+            valid = isinstance(value, bool)
+        else:
+            valid = not isinstance(default, (int, float)) or isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not valid:
+            raise ValueError(f"config key 'algo_kwargs.{key}'={value!r} is invalid: expected {type(default).__name__}")
+
+
+def _get(config: Config, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def is_slippery(env_id: str) -> bool:
+    return env_id in {envs.resolve_env_id(name) for name in envs.SLIPPERY_ENVS}
+
+
+def env_kwargs(config: Config) -> dict[str, Any]:
+    """gym.make kwargs: the config's, plus ``n_envs`` for Slippery envs (they count steps across copies)."""
+    kwargs = dict(config.env.kwargs)
+    if is_slippery(config.env.id):
+        kwargs["n_envs"] = config.env.n_envs
+    return kwargs
+
+
+def make_env(config: Config) -> VecEnv:
+    """The training VecEnv: ``n_envs`` Monitor-wrapped copies, reset seeds ``seed, seed+1, ...``."""
+    env_id = config.env.id
+    if config.env.vec_env == "subproc" and is_slippery(env_id):
+        env_id = f"envs:{env_id}"  # subprocesses import envs (and so register the ids) before making it
+    return make_vec_env(
+        env_id, n_envs=config.env.n_envs, seed=config.seed, env_kwargs=env_kwargs(config),
+        vec_env_cls=VEC_ENVS[config.env.vec_env],
+    )
+
+
+def policy_kwargs(config: Config) -> dict[str, Any]:
+    policy = config.policy
+    kwargs: dict[str, Any] = dict(
+        net_arch=list(policy.net_arch), activation_fn=ACTIVATIONS[policy.activation], init=policy.init, cbp=policy.cbp
+    )
+    optimizer = dict(policy.optimizer)
+    if "betas" in optimizer:
+        optimizer["betas"] = tuple(optimizer["betas"])
+    if optimizer:
+        kwargs["optimizer_kwargs"] = optimizer
+    if policy.log_std_init is not None:
+        kwargs["log_std_init"] = policy.log_std_init
+    return kwargs
+
+
+def build_model(config: Config, env: VecEnv) -> BaseAlgorithm:
+    """The plain SB3 algorithm of ``config.algo`` with the CBP policy class and the config's settings."""
+    algorithm = ALGORITHMS[config.algo]
+    try:
+        return algorithm(
+            POLICIES[config.algo], env, seed=config.seed, device=config.device,
+            policy_kwargs=policy_kwargs(config), **config.algo_kwargs,
+        )
+    except (TypeError, AssertionError) as error:
+        raise ValueError(f"the {config.algo} settings are invalid: {' '.join(str(error).split())}") from None

@@ -1,0 +1,140 @@
+"""A training run on disk: its folder, metadata, callbacks, TensorBoard logger, resume and clean stop on signals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import signal
+import subprocess
+import sys
+import time
+import typing
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+from torch.utils.tensorboard import SummaryWriter
+
+from .callbacks import FrictionCallback, UnitHealthCallback
+from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_schedule_states
+from .config import ALGORITHMS, Config
+
+PACKAGES = ("cbp-rl", "torch", "stable-baselines3", "gymnasium", "mujoco", "numpy", "tensorboard")
+
+
+class CLIParser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr, ``{prog}: error: ...``, with exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class StopOnSignal(BaseCallback):
+    """Turns SIGINT/SIGTERM into a clean stop of ``learn()`` after the current step; ``signal_number`` says which."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signal_number: int | None = None
+
+    def install(self) -> None:
+        for number in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(number, self._request_stop)
+
+    def _request_stop(self, number: int, frame: object) -> None:
+        if self.signal_number is not None:
+            raise KeyboardInterrupt
+        self.signal_number = number
+
+    def _on_step(self) -> bool:
+        return self.signal_number is None
+
+
+def write_run_files(run_dir: Path, config: Config, resumed_from: Checkpoint | None) -> None:
+    """``config.yaml`` (fully resolved) and ``metadata.json`` (command, seed, commit, versions; appended on resume)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    path = run_dir / "metadata.json"
+    record = {
+        "command": sys.argv,
+        "seed": config.seed,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "resumed_from": str(resumed_from.model) if resumed_from else None,
+    }
+    history = json.loads(path.read_text()) if resumed_from and path.exists() else []
+    path.write_text(json.dumps(history + [record], indent=1))
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+def tensorboard_logger(run_dir: Path, resume_step: int | None) -> Logger:
+    """SB3 logger writing TensorBoard events to ``run_dir/tb``; a resumed run purges events past its checkpoint."""
+    output = TensorBoardOutputFormat(str(run_dir / "tb"))
+    if resume_step is not None:
+        output.writer.close()
+        output.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step)
+    return Logger(folder=str(run_dir), output_formats=[output])
+
+
+def make_callbacks(config: Config, run_dir: Path, stop: StopOnSignal) -> tuple[CallbackList, RunCheckpointCallback]:
+    """Friction and health logging, checkpoints, and the signal stop, in that order."""
+    friction = FrictionCallback()
+    saver = RunCheckpointCallback(
+        save_freq=max(1, config.checkpoint.every // config.env.n_envs),
+        save_path=run_dir / "checkpoints",
+        keep=config.checkpoint.keep,
+        save_replay_buffer=config.checkpoint.replay_buffer,
+        stateful={"friction": friction},
+    )
+    callbacks: list[BaseCallback] = [friction]
+    if config.logging.health:
+        callbacks.append(
+            UnitHealthCallback(config.logging.health_every, config.logging.probe_size, config.logging.utility_histograms)
+        )
+    return CallbackList([*callbacks, saver, stop]), saver
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint:
+    checkpoints = list_checkpoints(run_dir / "checkpoints")
+    if not checkpoints:
+        raise ValueError(f"run directory {str(run_dir)!r} has no complete checkpoint to resume from")
+    return checkpoints[-1]
+
+
+def load_checkpoint(config: Config, checkpoint: Checkpoint, env: Any, saver: RunCheckpointCallback) -> BaseAlgorithm:
+    """The model of a checkpoint on ``env``, with the env's friction schedules and the callbacks' state restored."""
+    state = checkpoint.load_run_state()
+    try:
+        model = ALGORITHMS[config.algo].load(checkpoint.model, env=env, device=config.device)
+    except Exception as error:  # SB3 raises many kinds on a damaged zip
+        raise ValueError(f"checkpoint {str(checkpoint.model)!r} cannot be loaded ({type(error).__name__}: {error})") from None
+    if checkpoint.replay_buffer is not None:
+        model.load_replay_buffer(checkpoint.replay_buffer)
+    restore_schedule_states(env, state.get("schedule_states"))
+    for name, callback in saver.stateful.items():
+        if name in state.get("callbacks", {}):
+            callback.load_state_dict(state["callbacks"][name])
+    return model

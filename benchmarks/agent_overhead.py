@@ -1,0 +1,208 @@
+"""Training throughput on SlipperyAnt-v0 of plain SB3 PPO/SAC against the CBP policies, with and without health logging.
+
+Each variant is one model (seed 0, its own SlipperyAnt-v0 env seeded 0) built once and warmed up; then, round by round,
+every variant learns the same number of steps in turn (the order rotates each round). The table gives each variant's
+median steps/s and the median over rounds of its steps/s over plain's in the same round. The variants differ only in
+the policy class (and the callback); no logger output is written, but the health probe runs at its usual cadence.
+
+Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 5] [--ppo-steps 2048] [--sac-steps 1000]
+                                           [--maturity 100] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import stable_baselines3
+import torch
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.logger import Logger
+from torch import nn
+
+import envs  # noqa: F401  (registers the Slippery* ids)
+from agents import CBPActorCriticPolicy, CBPSACPolicy, UnitHealthCallback
+
+ENV_ID = "SlipperyAnt-v0"
+SEED = 0
+SAC_LEARNING_STARTS = 1000
+SAC_WARMUP_UPDATES = 200  # gradient steps past learning_starts before timing, so CBP units can mature
+SAC_LOG_EVERY = 1000  # UnitHealthCallback cadence for SAC (env steps), as in a real run
+
+# DESIGN §6, the paper's PPO on SlipperyAnt (the cbp column's Adam settings for every variant).
+PPO_KWARGS: dict[str, Any] = dict(
+    n_steps=2048,
+    batch_size=128,
+    n_epochs=10,
+    learning_rate=1e-4,
+    gamma=0.99,
+    gae_lambda=0.95,
+    clip_range=0.2,
+    ent_coef=0.0,
+    vf_coef=1.0,
+    max_grad_norm=1e9,
+)
+PPO_POLICY_KWARGS: dict[str, Any] = dict(
+    net_arch=dict(pi=[256, 256], vf=[256, 256]),
+    activation_fn=nn.ReLU,
+    log_std_init=0.0,
+    optimizer_kwargs=dict(betas=(0.99, 0.99), weight_decay=1e-4),
+)
+SAC_KWARGS: dict[str, Any] = dict(learning_starts=SAC_LEARNING_STARTS, batch_size=256, train_freq=1, gradient_steps=1)
+SAC_POLICY_KWARGS: dict[str, Any] = dict(net_arch=[256, 256])
+
+
+def cbp_settings(maturity: int) -> dict[str, Any]:
+    """The paper's CBP settings, with ``maturity_threshold`` replaced so units mature within a short benchmark."""
+    return dict(replacement_rate=1e-4, maturity_threshold=maturity, decay_rate=0.99, reset_optimizer_state=False)
+
+
+class CountingHealthCallback(UnitHealthCallback):
+    """`UnitHealthCallback` that counts its probes, to show the probe runs even though the logger writes nothing."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.probes = 0
+
+    def log_health(self, observations: torch.Tensor, actions: torch.Tensor | None = None) -> dict[str, float]:
+        self.probes += 1
+        return super().log_health(observations, actions)
+
+
+@dataclass
+class Variant:
+    """One model under test and its timings."""
+
+    name: str
+    model: BaseAlgorithm
+    callback: CountingHealthCallback | None
+    steps_per_s: list[float]
+    replacements_at_start: int = 0
+
+    def replacements(self) -> int:
+        cbp = getattr(self.model.policy, "cbp", None) or {}
+        return sum(sum(module.replacements().values()) for module in cbp.values())
+
+    def probes(self) -> int:
+        return self.callback.probes if self.callback is not None else 0
+
+
+def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
+    """A model on its own SlipperyAnt-v0 (default kwargs, one env), seeded alike; only the policy class differs."""
+    env = make_vec_env(ENV_ID, n_envs=1, seed=SEED)
+    if algo == "ppo":
+        policy_kwargs = PPO_POLICY_KWARGS | (
+            dict(init="lecun", cbp=cbp_settings(maturity)) if with_cbp else dict(ortho_init=False)
+        )
+        policy = CBPActorCriticPolicy if with_cbp else "MlpPolicy"
+        model = PPO(policy, env, policy_kwargs=policy_kwargs, seed=SEED, device="cpu", **PPO_KWARGS)
+    else:
+        policy_kwargs = SAC_POLICY_KWARGS | (dict(cbp=cbp_settings(maturity)) if with_cbp else {})
+        policy = CBPSACPolicy if with_cbp else "MlpPolicy"
+        model = SAC(policy, env, policy_kwargs=policy_kwargs, seed=SEED, device="cpu", **SAC_KWARGS)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # records in memory, writes nothing
+    return model
+
+
+def make_variants(algo: str, maturity: int) -> list[Variant]:
+    health = (lambda: CountingHealthCallback()) if algo == "ppo" else (lambda: CountingHealthCallback(log_every=SAC_LOG_EVERY))
+    return [
+        Variant("plain MlpPolicy", build(algo, False, maturity), None, []),
+        Variant("CBP", build(algo, True, maturity), None, []),
+        Variant("CBP + UnitHealthCallback", build(algo, True, maturity), health(), []),
+    ]
+
+
+def learn(variant: Variant, steps: int) -> float:
+    """Learn ``steps`` more environment steps; returns steps/s over the steps actually taken."""
+    model = variant.model
+    before = model.num_timesteps
+    gc.collect()
+    start = time.perf_counter()
+    model.learn(total_timesteps=steps, callback=variant.callback, reset_num_timesteps=False)
+    return (model.num_timesteps - before) / (time.perf_counter() - start)
+
+
+def run(algo: str, rounds: int, steps: int, maturity: int) -> list[Variant]:
+    variants = make_variants(algo, maturity)
+    warmup = PPO_KWARGS["n_steps"] if algo == "ppo" else SAC_LEARNING_STARTS + SAC_WARMUP_UPDATES
+    for variant in variants:
+        learn(variant, warmup)
+        variant.replacements_at_start = variant.replacements()
+        if variant.callback is not None:
+            variant.callback.probes = 0
+    for r in range(rounds):
+        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+            variant.steps_per_s.append(learn(variant, steps))
+    return variants
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--algo", choices=("ppo", "sac", "both"), default="both", help="which algorithm(s) to time")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the variants alternate within each, medians reported")
+    parser.add_argument("--ppo-steps", type=int, default=2048, help="PPO env steps per variant per round (2048: one rollout + update)")
+    parser.add_argument("--sac-steps", type=int, default=1000, help="SAC env steps (= gradient steps) per variant per round")
+    parser.add_argument(
+        "--maturity", type=int, default=100, help="CBP maturity_threshold (the paper's 10000 replaces nothing in a short run)"
+    )
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    args = parser.parse_args()
+    for flag in ("rounds", "ppo_steps", "sac_steps", "threads"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} is invalid: expected an integer >= 1")
+    if args.maturity < 0:
+        parser.error(f"--maturity={args.maturity} is invalid: expected an integer >= 0")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    algos = ("ppo", "sac") if args.algo == "both" else (args.algo,)
+    results = {}
+    for algo in algos:
+        steps = args.ppo_steps if algo == "ppo" else args.sac_steps
+        start = time.perf_counter()
+        results[algo] = run(algo, args.rounds, steps, args.maturity)
+        print(f"[{algo}: {args.rounds} rounds x {steps} steps x 3 variants in {time.perf_counter() - start:.0f} s]")
+
+    machine = platform.processor() or platform.machine()
+    print(
+        f"machine: {machine}, {os.cpu_count()} cpus, torch {torch.__version__}, threads {args.threads}, "
+        f"SB3 {stable_baselines3.__version__}"
+    )
+    print(
+        f"{ENV_ID}, n_envs 1, seed {SEED}; CBP replacement_rate 1e-4, decay 0.99, maturity_threshold {args.maturity}"
+        f"{' (paper: 10000)' if args.maturity != 10000 else ' (paper)'}; {args.rounds} rounds, PPO {args.ppo_steps} / "
+        f"SAC {args.sac_steps} steps per round; warm-up excluded from every column"
+    )
+    print(f"PPO: paper hyperparameters (DESIGN §6); SAC: SB3 defaults, learning_starts {SAC_LEARNING_STARTS}, health log_every {SAC_LOG_EVERY}")
+    print()
+    print("| algo | variant | median steps/s | ratio vs plain (median of rounds) | CBP replacements | health probes |")
+    print("|---|---|---:|---:|---:|---:|")
+    for algo, variants in results.items():
+        plain = variants[0].steps_per_s
+        for variant in variants:
+            ratio = statistics.median(v / p for v, p in zip(variant.steps_per_s, plain))
+            replaced = variant.replacements() - variant.replacements_at_start
+            print(
+                f"| {algo.upper()} | {variant.name} | {statistics.median(variant.steps_per_s):.0f} | {ratio:.3f} "
+                f"| {replaced} | {variant.probes()} |"
+            )
+    print()
+    for algo, variants in results.items():
+        for variant in variants:
+            print(f"{algo} {variant.name}: steps/s per round {[round(v) for v in variant.steps_per_s]}")
+
+
+if __name__ == "__main__":
+    main()

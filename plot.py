@@ -1,0 +1,501 @@
+"""Paper-style figures from the TensorBoard logs of cbp-rl training runs (return and unit health).
+
+Reads every ``events.out.tfevents.*`` under each RUN_DIR, groups the runs by the ``method`` of
+their ``config.yaml`` (the directory name when it has none) and draws, per method, the mean over
+its runs (seeds) with a shaded bootstrap confidence interval of that mean. Runs of one method are
+first put on a common step grid: linear interpolation over the overlap of their step ranges.
+
+- ``return.png``: ``rollout/ep_rew_mean`` over environment steps; dashed vertical lines where the
+  friction segment changes, labelled with the new friction when every run agrees on it.
+- ``health.png``: dead units (%), weight magnitude, stable rank and effective rank (DESIGN §4), one
+  panel per metric and one line per network (actor, critic, ...), each line the mean over that
+  network's logged layers: its hidden layers (sites), and for weight magnitude also its heads.
+  With several methods, colour is the method and line style the network. Left out when no run
+  logged ``health/`` tags.
+
+Usage::
+
+    python plot.py runs/std_s0 runs/std_s1 runs/cbp_s0 runs/cbp_s1 --out figures
+    python plot.py runs/cbp_s0 --smooth 5      # one run: written to runs/cbp_s0/plots/
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import reduce
+from pathlib import Path
+from typing import Any, NoReturn, Sequence
+
+import numpy as np
+import yaml
+from tensorboard.backend.event_processing import event_accumulator as ea
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import EngFormatter
+except ImportError:
+    plt = None
+
+Series = tuple[np.ndarray, np.ndarray]
+
+RETURN_TAG = "rollout/ep_rew_mean"
+FRICTION_TAG = "env/friction"
+SEGMENT_TAGS = ("env/friction_segment", "env/segment")
+HEALTH_TAG = re.compile(r"^health/(?P<net>[^/]+)/(?P<site>[^/]+)/(?P<metric>[^/]+)$")
+STEPS_LABEL = "environment steps"
+LINESTYLES = ("-", "--", ":", "-.")
+MARK_STYLE = dict(color="0.6", linestyle=(0, (4, 3)), linewidth=0.7, zorder=0)
+
+# (panel title, candidate metrics: (tag metric, y label, scale)); the first metric any run has wins.
+HEALTH_PANELS: tuple[tuple[str, tuple[tuple[str, str, float], ...]], ...] = (
+    ("Dead units", (("dead_frac", "dead units (% of units)", 100.0),)),
+    ("Weight magnitude", (("weight_mag", "mean |weight|", 1.0),)),
+    (
+        "Stable rank",
+        (("stable_rank_pct", "stable rank (% of units)", 1.0), ("stable_rank", "stable rank (units)", 1.0)),
+    ),
+    ("Effective rank", (("effective_rank", "effective rank", 1.0),)),
+)
+
+
+@dataclass
+class Run:
+    """One training run: where it lives, its method and its scalars."""
+
+    path: Path
+    method: str
+    config: dict[str, Any]
+    scalars: dict[str, Series]
+
+
+@dataclass
+class Curve:
+    """A method's mean over runs on a step grid, with the CI bounds (``None`` for a single run)."""
+
+    steps: np.ndarray
+    mean: np.ndarray
+    low: np.ndarray | None
+    high: np.ndarray | None
+    n_runs: int
+
+
+@dataclass
+class Stats:
+    """How the runs of one method become a :class:`Curve`.
+
+    :param smooth: centred moving-average window, in logged points (1: none)
+    :param ci: confidence level of the bootstrap interval
+    :param n_boot: bootstrap resamples of the runs
+    """
+
+    smooth: int = 1
+    ci: float = 0.95
+    n_boot: int = 1000
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+
+    def curve(self, series: Sequence[Series], scale: float = 1.0) -> Curve | None:
+        """Smoothed, scaled runs aggregated on a common grid (see :func:`aggregate`)."""
+        scaled = [(steps, scale * smooth(values, self.smooth)) for steps, values in series]
+        return aggregate(scaled, self.ci, self.n_boot, self.rng)
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# ---------------------------------------------------------------- reading
+
+
+def event_files(run_dir: str | Path) -> list[Path]:
+    """The TensorBoard event files found recursively under ``run_dir``."""
+    return sorted(p for p in Path(run_dir).rglob("events.out.tfevents.*") if p.is_file())
+
+
+def _read_event_file(path: Path) -> tuple[float, dict[str, Series]]:
+    """Wall time of the file's first event and its scalars ``{tag: (steps, values)}``."""
+    acc = ea.EventAccumulator(
+        str(path), size_guidance={ea.SCALARS: 0, ea.HISTOGRAMS: 1, ea.IMAGES: 1, ea.AUDIO: 1, ea.TENSORS: 1}
+    )
+    acc.Reload()
+    try:
+        start = acc.FirstEventTimestamp()
+    except ValueError:
+        return float("inf"), {}
+    scalars = {}
+    for tag in acc.Tags()["scalars"]:
+        events = acc.Scalars(tag)
+        scalars[tag] = (np.array([e.step for e in events], dtype=np.int64), np.array([e.value for e in events]))
+    return start, scalars
+
+
+def _keep_last(steps: np.ndarray, values: np.ndarray) -> Series:
+    """Sorted unique steps, each with the value logged last for it."""
+    unique, first_from_end = np.unique(steps[::-1], return_index=True)
+    return unique, values[::-1][first_from_end]
+
+
+def _supersede(parts: Sequence[Series]) -> Series:
+    """One tag's series from files in time order: each file replaces earlier values from its first step on."""
+    steps, values = parts[0]
+    for later_steps, later_values in parts[1:]:
+        kept = steps < later_steps.min()
+        steps, values = np.r_[steps[kept], later_steps], np.r_[values[kept], later_values]
+    return _keep_last(steps, values)
+
+
+def load_scalars(run_dir: str | Path) -> dict[str, Series]:
+    """Every scalar tag of a run as ``{tag: (steps, values)}``, sorted by step.
+
+    Event files are merged in the order of their first event's wall time. A resumed run rewrites
+    its steps from the checkpoint on (train.py purges them), so per tag a later file's values win
+    from its first step of that tag on: a step logged twice keeps the later value, and the crashed
+    run's points between two resumed ones are dropped.
+    """
+    files = sorted(map(_read_event_file, event_files(run_dir)), key=lambda file: file[0])
+    merged: dict[str, list[Series]] = {}
+    for _, scalars in files:
+        for tag, series in scalars.items():
+            merged.setdefault(tag, []).append(series)
+    return {tag: _supersede(parts) for tag, parts in merged.items()}
+
+
+def _check_run_dir(path: Path) -> None:
+    """``ValueError`` unless ``path`` is a directory with event files."""
+    if not path.is_dir():
+        raise ValueError(f"{path} is not a directory (expected a run directory written by train.py)")
+    if not event_files(path):
+        raise ValueError(f"no TensorBoard event files (events.out.tfevents.*) under {path}; expected RUN_DIR/tb/")
+
+
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory; ``ValueError`` (in the user's words) if it is not a usable one."""
+    path = Path(run_dir)
+    _check_run_dir(path)
+    config: Any = {}
+    if (path / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{path / 'config.yaml'} is not valid YAML ({err.__class__.__name__})") from None
+    config = config if isinstance(config, dict) else {}
+    method = str(config.get("method") or path.resolve().name)
+    return Run(path, method, config, load_scalars(path))
+
+
+def load_runs(run_dirs: Sequence[str]) -> list[Run]:
+    """:func:`load_run` for each directory, in parallel processes when there are several."""
+    for run_dir in run_dirs:
+        _check_run_dir(Path(run_dir))
+    if len(run_dirs) == 1:
+        return [load_run(run_dirs[0])]
+    with ProcessPoolExecutor(max_workers=min(len(run_dirs), os.cpu_count() or 1)) as pool:
+        return list(pool.map(load_run, run_dirs))
+
+
+# ---------------------------------------------------------------- series
+
+
+def smooth(values: np.ndarray, n: int) -> np.ndarray:
+    """Centred moving average over ``n`` logged points (the window shrinks at the ends)."""
+    n = min(n, len(values))
+    if n <= 1:
+        return values
+    kernel = np.ones(n)
+    return np.convolve(values, kernel, "same") / np.convolve(np.ones(len(values)), kernel, "same")
+
+
+def bootstrap_ci(
+    matrix: np.ndarray, ci: float, n_boot: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the mean over rows (runs) of ``matrix [runs, points]``."""
+    n_runs = matrix.shape[0]
+    counts = rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=n_boot)
+    means = counts @ matrix / n_runs
+    tail = 100.0 * (1.0 - ci) / 2.0
+    return np.percentile(means, tail, axis=0), np.percentile(means, 100.0 - tail, axis=0)
+
+
+def aggregate(
+    series: Sequence[Series], ci: float, n_boot: int, rng: np.random.Generator, max_points: int = 1000
+) -> Curve | None:
+    """Mean and bootstrap CI of runs on a common grid over their overlap; ``None`` if they don't overlap."""
+    series = [(s, v) for s, v in series if len(s)]
+    if not series:
+        return None
+    if len(series) == 1:
+        steps, values = series[0]
+        return Curve(steps.astype(float), values, None, None, 1)
+    start = max(float(s[0]) for s, _ in series)
+    stop = min(float(s[-1]) for s, _ in series)
+    if stop < start:
+        return None
+    inside = max(int(np.count_nonzero((s >= start) & (s <= stop))) for s, _ in series)
+    grid = np.linspace(start, stop, max(1, min(inside, max_points)))
+    matrix = np.stack([np.interp(grid, s, v) for s, v in series])
+    low, high = bootstrap_ci(matrix, ci, n_boot, rng)
+    return Curve(grid, matrix.mean(axis=0), low, high, len(series))
+
+
+def network_series(scalars: dict[str, Series], metric: str) -> dict[str, Series]:
+    """``{net: (steps, mean over the net's sites)}`` of one health metric, at steps every site logged."""
+    sites: dict[str, list[Series]] = {}
+    for tag, series in scalars.items():
+        match = HEALTH_TAG.match(tag)
+        if match and match["metric"] == metric:
+            sites.setdefault(match["net"], []).append(series)
+    averaged = {}
+    for net, parts in sites.items():
+        steps = reduce(np.intersect1d, (s for s, _ in parts))
+        averaged[net] = (steps, np.mean([v[np.searchsorted(s, steps)] for s, v in parts], axis=0))
+    return averaged
+
+
+def run_segments(scalars: dict[str, Series]) -> list[tuple[float, float | None]]:
+    """``(first step, friction)`` of each friction segment of a run; empty without a segment tag."""
+    tag = next((t for t in SEGMENT_TAGS if t in scalars), None)
+    if tag is None:
+        return []
+    steps, segment = scalars[tag]
+    starts = np.flatnonzero(np.r_[True, np.diff(segment) != 0])
+    friction_steps, friction = scalars.get(FRICTION_TAG, (np.array([]), np.array([])))
+    found = np.searchsorted(friction_steps, steps[starts])
+    return [(float(steps[i]), float(friction[j]) if j < len(friction) else None) for i, j in zip(starts, found)]
+
+
+def common_segments(runs: Sequence[Run]) -> list[tuple[float, float | None]]:
+    """Segment starts across runs: the median step of each k-th start, the friction if all runs agree."""
+    per_run = [seg for seg in (run_segments(r.scalars) for r in runs) if seg]
+    merged = []
+    for k in range(max(map(len, per_run), default=0)):
+        kth = [seg[k] for seg in per_run if len(seg) > k]
+        frictions = [f for _, f in kth]
+        agree = None not in frictions and np.allclose(frictions, frictions[0], rtol=1e-3)
+        merged.append((float(np.median([s for s, _ in kth])), frictions[0] if agree else None))
+    return merged
+
+
+# ---------------------------------------------------------------- drawing
+
+
+def _context(runs: Sequence[Run]) -> str:
+    """The env id and algorithm every run shares (and the seed of a single run), for figure titles."""
+    env_ids = {str(r.config["env"].get("id")) for r in runs if isinstance(r.config.get("env"), dict)}
+    algos = {str(r.config["algo"]).upper() for r in runs if "algo" in r.config}
+    parts = [next(iter(values)) for values in (env_ids, algos) if len(values) == 1]
+    if len(runs) == 1 and "seed" in runs[0].config:
+        parts.append(f"seed {runs[0].config['seed']}")
+    return ", ".join(parts)
+
+
+def _title(what: str, groups: dict[str, list[Run]], ci: float, note: str = "") -> str:
+    """``what — env, ALGO``, then a line with the note and what the shading means."""
+    context = _context([r for runs in groups.values() for r in runs])
+    first = f"{what} — {context}" if context else what
+    shaded = any(len(runs) > 1 for runs in groups.values())
+    second = "; ".join(p for p in (note, shaded and f"shaded: {ci:.0%} bootstrap CI of the mean over runs") if p)
+    return f"{first}\n{second}" if second else first
+
+
+def _friction_handle(label: str) -> Any:
+    return Line2D([], [], **{**MARK_STYLE, "label": label})
+
+
+def _draw(ax: Any, curve: Curve, color: str, linestyle: str = "-", label: str | None = None) -> None:
+    """One curve with its shaded interval."""
+    ax.plot(curve.steps, curve.mean, color=color, linestyle=linestyle, linewidth=1.6, label=label)
+    if curve.low is not None:
+        ax.fill_between(curve.steps, curve.low, curve.high, color=color, alpha=0.18, linewidth=0)
+
+
+def _mark_segments(ax: Any, segments: Sequence[tuple[float, float | None]], label_friction: bool) -> None:
+    """Dashed lines at friction changes inside the plotted x range; optionally the new friction."""
+    left, right = ax.get_xlim()
+    if label_friction and any(f is not None for _, f in segments):
+        bottom, top = ax.get_ylim()
+        ax.set_ylim(top=top + 0.07 * (top - bottom))
+    for k, (step, friction) in enumerate(segments):
+        if not left <= step <= right:
+            continue
+        if k > 0:
+            ax.axvline(step, **MARK_STYLE)
+        if label_friction and friction is not None:
+            ax.annotate(
+                f"μ={friction:.2g}", (step, 1.0), xycoords=ax.get_xaxis_transform(), xytext=(3, -3),
+                textcoords="offset points", ha="left", va="top", fontsize=8, color="0.35",
+            )
+
+
+def _style_steps_axis(ax: Any) -> None:
+    ax.set_xlabel(STEPS_LABEL)
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.grid(alpha=0.25, linewidth=0.6)
+
+
+def _legend_label(method: str, n_runs: int) -> str:
+    return f"{method} ({n_runs} runs)" if n_runs > 1 else method
+
+
+def plot_return(groups: dict[str, list[Run]], colors: dict[str, str], path: Path, stats: Stats) -> Path:
+    """Write the return-over-steps figure to ``path``."""
+    fig, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
+    for method, runs in groups.items():
+        curve = stats.curve([r.scalars[RETURN_TAG] for r in runs if RETURN_TAG in r.scalars])
+        if curve is None:
+            print(f"note: the runs of {method!r} have no common step range; left out of {path.name}")
+            continue
+        _draw(ax, curve, colors[method], label=_legend_label(method, curve.n_runs))
+    all_runs = [r for runs in groups.values() for r in runs]
+    segments = common_segments(all_runs)
+    _mark_segments(ax, segments, label_friction=True)
+    handles, _ = ax.get_legend_handles_labels()
+    if len(segments) > 1:
+        labelled = any(f is not None for _, f in segments)
+        handles.append(_friction_handle("friction change (μ: new friction)" if labelled else "friction change"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    ax.set_title(_title("Episode return", groups, stats.ci), fontsize=11)
+    ax.set_ylabel("mean episode return (last 100 episodes)")
+    _style_steps_axis(ax)
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def _panel_metric(runs: Sequence[Run], choices: Sequence[tuple[str, str, float]]) -> tuple[str, str, float] | None:
+    """The first candidate metric that some run logged."""
+    return next((c for c in choices if any(network_series(r.scalars, c[0]) for r in runs)), None)
+
+
+def _net_order(net: str) -> tuple[bool, str]:
+    return net != "actor", net
+
+
+def plot_health(groups: dict[str, list[Run]], colors: dict[str, str], path: Path, stats: Stats) -> Path | None:
+    """Write the grid of unit-health panels to ``path``; ``None`` (nothing written) without health tags."""
+    all_runs = [r for runs in groups.values() for r in runs]
+    panels = []
+    for title, choices in HEALTH_PANELS:
+        if chosen := _panel_metric(all_runs, choices):
+            per_method = {m: [network_series(r.scalars, chosen[0]) for r in runs] for m, runs in groups.items()}
+            panels.append((title, chosen, per_method))
+    if not panels:
+        return None
+    logged = {net for *_, per_method in panels for rows in per_method.values() for row in rows for net in row}
+    nets = sorted(logged, key=_net_order)
+    styles = _line_styles(colors, nets)
+    ncols = min(2, len(panels))
+    nrows = -(-len(panels) // ncols)
+    figsize = (5.2 * ncols + 1.6, 3.6 * nrows)
+    fig, axes = plt.subplots(nrows, ncols, figsize=figsize, layout="constrained", squeeze=False)
+    segments = common_segments(all_runs)
+    for ax, (title, (_, ylabel, scale), per_method) in zip(axes.flat, panels):
+        for method, rows in per_method.items():
+            for net in nets:
+                curve = stats.curve([row[net] for row in rows if net in row], scale)
+                if curve is not None:
+                    _draw(ax, curve, *styles[method, net])
+        _mark_segments(ax, segments, label_friction=False)
+        ax.set_title(title)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        _style_steps_axis(ax)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    handles = _health_legend(groups, styles, nets)
+    if len(segments) > 1:
+        handles.append(_friction_handle("friction change"))
+    axes.flat[ncols - 1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    fig.suptitle(_title("Unit health", groups, stats.ci, note="each line: mean over the network's layers"))
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return path
+
+
+def _line_styles(colors: dict[str, str], nets: Sequence[str]) -> dict[tuple[str, str], tuple[str, str]]:
+    """``(method, net) -> (colour, line style)``: colour by network for one method, else colour by method
+    and line style by network."""
+    if len(colors) == 1:
+        return {(m, n): (f"C{i % 10}", "-") for m in colors for i, n in enumerate(nets)}
+    return {(m, n): (c, LINESTYLES[i % len(LINESTYLES)]) for m, c in colors.items() for i, n in enumerate(nets)}
+
+
+def _health_legend(
+    groups: dict[str, list[Run]], styles: dict[tuple[str, str], tuple[str, str]], nets: Sequence[str]
+) -> list[Any]:
+    """Legend handles: the networks for one method, else the methods (colour) then the networks (style)."""
+    first = next(iter(groups))
+    if len(groups) == 1:
+        return [Line2D([], [], color=styles[first, n][0], label=n) for n in nets]
+    methods = [Line2D([], [], color=styles[m, nets[0]][0], label=_legend_label(m, len(rs))) for m, rs in groups.items()]
+    return methods + [Line2D([], [], color="0.2", linestyle=styles[first, n][1], label=n) for n in nets]
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="plot.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directory written by train.py")
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: RUN_DIR/plots for one run, ./plots for several)"
+    )
+    parser.add_argument("--smooth", type=int, default=1, help="centred moving average over N logged points (1: none)")
+    parser.add_argument("--ci", type=float, default=0.95, help="confidence level of the shaded interval, in (0, 1)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the runs")
+    return parser
+
+
+def group_by_method(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by method, in the order methods first appear on the command line."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.method, []).append(run)
+    return groups
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.smooth < 1:
+        parser.error(f"--smooth must be >= 1 logged points, got {args.smooth}")
+    if not 0.0 < args.ci < 1.0:
+        parser.error(f"--ci must be a confidence level in (0, 1), e.g. 0.95; got {args.ci}")
+    if args.bootstrap < 1:
+        parser.error(f"--bootstrap must be >= 1 resamples, got {args.bootstrap}")
+    if plt is None:
+        parser.error("matplotlib is not installed; install the plot extra: pip install -e '.[plot]'")
+    try:
+        runs = load_runs(args.run_dirs)
+    except ValueError as err:
+        parser.error(str(err))
+    if not any(RETURN_TAG in r.scalars for r in runs):
+        parser.error(f"no run has the tag {RETURN_TAG} (expected SB3 TensorBoard logs of a train.py run)")
+    for run in runs:
+        if RETURN_TAG not in run.scalars:
+            print(f"note: {run.path} has no {RETURN_TAG}; left out of return.png")
+
+    out = args.out or (Path(args.run_dirs[0]) / "plots" if len(runs) == 1 else Path("plots"))
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_by_method(runs)
+    colors = {method: f"C{i % 10}" for i, method in enumerate(groups)}
+    stats = Stats(args.smooth, args.ci, args.bootstrap)
+    print(f"wrote {plot_return(groups, colors, out / 'return.png', stats)}")
+    health = plot_health(groups, colors, out / "health.png", stats)
+    if health is None:
+        print("note: no run logged health/{net}/{site}/{metric} tags; health.png not written")
+    else:
+        print(f"wrote {health}")
+
+
+if __name__ == "__main__":
+    main()

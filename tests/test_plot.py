@@ -1,0 +1,223 @@
+"""plot.py: merging event files, grouping and bootstrap, and the CLI on synthetic TensorBoard runs."""
+
+from __future__ import annotations
+
+import importlib.util
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("matplotlib", reason="plot.py needs the 'plot' extra")
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("plot", REPO / "plot.py")
+plot = sys.modules["plot"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plot)
+
+STEP = 2048
+N_LOGS = 50
+CHANGES = (17, 34)  # log indices where the friction segment changes
+FRICTIONS = (1.0, 0.05, 0.5)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_run(root: Path, name: str, method: str | None, seed: int, health: bool = True, returns: bool = True) -> Path:
+    """A synthetic train.py run: config.yaml and one TensorBoard event file under tb/."""
+    run = root / name
+    run.mkdir(parents=True)
+    config = {"algo": "ppo", "seed": seed, "env": {"id": "SlipperyAnt-v0"}}
+    if method is not None:
+        config["method"] = method
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    rng = np.random.default_rng(seed)
+    decay = 1.0 if method == "std" else 0.0
+    writer = SummaryWriter(str(run / "tb" / "PPO_1"))
+    for i in range(N_LOGS):
+        step, t = (i + 1) * STEP, i / N_LOGS
+        segment = sum(i >= c for c in CHANGES)
+        writer.add_scalar("env/friction_segment", segment, step)
+        writer.add_scalar("env/friction", FRICTIONS[segment], step)
+        if returns:
+            writer.add_scalar("rollout/ep_rew_mean", 3000 * t * (1 - decay * t) + 200 * rng.standard_normal(), step)
+        if health:
+            for net, worse in (("actor", decay), ("critic", 0.5 * decay)):
+                for site in ("l0", "l1"):
+                    tag = f"health/{net}/{site}"
+                    writer.add_scalar(f"{tag}/dead_frac", 0.02 + worse * 0.5 * t + 0.01 * rng.random(), step)
+                    writer.add_scalar(f"{tag}/weight_mag", 0.05 + worse * 0.1 * t, step)
+                    writer.add_scalar(f"{tag}/stable_rank_pct", 90 - worse * 50 * t, step)
+                    writer.add_scalar(f"{tag}/effective_rank", 200 - worse * 140 * t + 5 * rng.random(), step)
+    writer.close()
+    return run
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "plot.py"), *args], cwd=cwd, capture_output=True, text=True)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, after checking the magic bytes."""
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC, f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def files_under(path: Path) -> set[Path]:
+    return {p for p in path.rglob("*") if p.is_file()}
+
+
+def test_load_scalars_merges_event_files_by_wall_time_and_later_values_win(tmp_path):
+    first = SummaryWriter(str(tmp_path / "run" / "tb" / "z_first"))  # sorts last by name, first by time
+    for step in range(30):
+        first.add_scalar("rollout/ep_rew_mean", step, step)
+        first.add_scalar("only/first", -step, step)
+    first.close()
+    resumed = SummaryWriter(str(tmp_path / "run" / "tb" / "a_resumed"))
+    for step in range(20, 40, 2):  # repeats the even steps 20..28; the crashed run's odd ones are stale
+        resumed.add_scalar("rollout/ep_rew_mean", 1000 + step, step)
+    resumed.close()
+
+    scalars = plot.load_scalars(tmp_path / "run")
+
+    steps, values = scalars["rollout/ep_rew_mean"]
+    np.testing.assert_array_equal(steps, np.r_[np.arange(20), np.arange(20, 40, 2)])
+    np.testing.assert_allclose(values, np.r_[np.arange(20), 1000 + np.arange(20, 40, 2)])
+    np.testing.assert_array_equal(scalars["only/first"][0], np.arange(30))
+
+
+def test_aggregate_interpolates_over_the_overlap_with_a_bootstrap_ci():
+    rng = np.random.default_rng(0)
+    low_run = (np.arange(0, 101, 10), np.zeros(11))
+    high_run = (np.arange(50, 151, 5), np.full(21, 2.0))
+
+    curve = plot.aggregate([low_run, high_run], ci=0.95, n_boot=2000, rng=rng)
+
+    assert curve.steps[0] == 50 and curve.steps[-1] == 100 and curve.n_runs == 2
+    np.testing.assert_allclose(curve.mean, 1.0)
+    np.testing.assert_allclose(curve.low, 0.0)  # resampled means are 0, 1 or 2
+    np.testing.assert_allclose(curve.high, 2.0)
+    same = plot.aggregate([high_run, high_run, high_run], ci=0.95, n_boot=100, rng=rng)
+    np.testing.assert_allclose([same.low, same.high], 2.0)
+    assert plot.aggregate([low_run, (np.arange(200, 300), np.ones(100))], 0.95, 10, rng) is None
+    single = plot.aggregate([low_run], 0.95, 10, rng)
+    assert single.low is None and single.n_runs == 1
+
+
+def test_runs_group_by_method_and_health_averages_sites_per_network(tmp_path):
+    runs = [
+        plot.load_run(write_run(tmp_path, "a", "cbp", 0)),
+        plot.load_run(write_run(tmp_path, "b", "std", 0)),
+        plot.load_run(write_run(tmp_path, "no_method_key", None, 1)),
+        plot.load_run(write_run(tmp_path, "c", "cbp", 1)),
+    ]
+    groups = plot.group_by_method(runs)
+    assert {m: [r.path.name for r in rs] for m, rs in groups.items()} == {
+        "cbp": ["a", "c"], "std": ["b"], "no_method_key": ["no_method_key"]
+    }
+
+    writer = SummaryWriter(str(tmp_path / "sites" / "tb"))
+    for step in (1, 2):
+        writer.add_scalar("health/actor/l0/weight_mag", 10.0 * step, step)
+        writer.add_scalar("health/actor/l1/weight_mag", 30.0 * step, step)
+        writer.add_scalar("health/critic1/l0/weight_mag", 5.0, step)
+        writer.add_scalar("health/actor/grad_norm", 99.0, step)
+    writer.close()
+    nets = plot.network_series(plot.load_scalars(tmp_path / "sites"), "weight_mag")
+    assert sorted(nets) == ["actor", "critic1"]
+    np.testing.assert_allclose(nets["actor"][1], [20.0, 40.0])
+
+
+def test_friction_segments_start_where_the_segment_changes(tmp_path):
+    run = plot.load_run(write_run(tmp_path, "run", "cbp", 0, health=False))
+    expected = [(STEP, 1.0), ((CHANGES[0] + 1) * STEP, 0.05), ((CHANGES[1] + 1) * STEP, 0.5)]
+    segments = plot.run_segments(run.scalars)
+    assert [s for s, _ in segments] == [s for s, _ in expected]
+    np.testing.assert_allclose([f for _, f in segments], [f for _, f in expected])
+    assert plot.common_segments([run, run]) == segments
+
+    fig, ax = plot.plt.subplots()
+    ax.plot(*run.scalars["env/friction"])
+    plot._mark_segments(ax, segments, label_friction=True)
+    assert [line.get_xdata()[0] for line in ax.lines[1:]] == [s for s, _ in expected[1:]]
+    assert [text.get_text() for text in ax.texts] == ["μ=1", "μ=0.05", "μ=0.5"]
+    plot.plt.close(fig)
+
+
+def test_cli_two_methods_two_seeds_writes_return_and_health_figures(tmp_path):
+    dirs = [str(write_run(tmp_path, f"{m}_s{s}", m, s)) for m in ("std", "cbp") for s in (0, 1)]
+    out = tmp_path / "figures"
+
+    result = run_cli(*dirs, "--out", str(out), "--bootstrap", "200", cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert files_under(out) == {out / "return.png", out / "health.png"}
+    assert str(out / "return.png") in result.stdout and str(out / "health.png") in result.stdout
+    assert png_size(out / "return.png") == (1350, 720)  # 9 x 4.8 in at 150 dpi
+    assert png_size(out / "health.png") == (1800, 1080)  # 2 x 2 panels
+    assert (out / "return.png").stat().st_size > 40_000
+    assert (out / "health.png").stat().st_size > 80_000
+
+
+def test_cli_single_run_defaults_to_its_plots_folder(tmp_path):
+    run = write_run(tmp_path, "run", "cbp", 0)
+
+    result = run_cli(str(run), cwd=tmp_path)
+
+    assert result.returncode == 0, result.stderr
+    assert files_under(run / "plots") == {run / "plots" / "return.png", run / "plots" / "health.png"}
+    assert png_size(run / "plots" / "return.png") == (1350, 720)
+    assert (run / "plots" / "health.png").stat().st_size > 40_000
+
+
+def test_run_without_health_tags_gives_only_the_return_figure(tmp_path, capsys):
+    run = write_run(tmp_path, "run", "std", 0, health=False)
+
+    plot.main([str(run), "--out", str(tmp_path / "out")])
+
+    assert files_under(tmp_path / "out") == {tmp_path / "out" / "return.png"}
+    assert "health.png not written" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "is not a directory"),
+        ("no_events", "no TensorBoard event files"),
+        ("no_return", "no run has the tag rollout/ep_rew_mean"),
+        ("bad_ci", "--ci must be"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, case, message):
+    good = write_run(tmp_path, "good", "cbp", 0, health=False)
+    empty = tmp_path / "empty"
+    (empty / "tb").mkdir(parents=True)
+    argv = {
+        "missing": [str(good), str(tmp_path / "nope")],
+        "no_events": [str(good), str(empty)],
+        "no_return": [str(write_run(tmp_path, "bad", "std", 0, returns=False))],
+        "bad_ci": [str(good), "--ci", "95"],
+    }[case]
+    before = files_under(tmp_path)
+
+    with pytest.raises(SystemExit) as exit_info:
+        plot.main([*argv, "--out", str(tmp_path / "out")])
+
+    captured = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert captured.err.startswith("plot.py: error: ") and message in captured.err
+    assert captured.err.count("\n") == 1 and captured.out == ""
+    assert files_under(tmp_path) == before
+
+
+def test_cli_bad_input_as_a_subprocess(tmp_path):
+    result = run_cli(str(tmp_path / "nope"), cwd=tmp_path)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith("plot.py: error: ") and result.stderr.count("\n") == 1
+    assert result.stdout == "" and not (tmp_path / "plots").exists()

@@ -1,0 +1,133 @@
+"""train.py end to end: PPO and SAC runs, interrupt and resume, and every bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import train
+from envs import FrictionSchedule
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = os.environ | {"OMP_NUM_THREADS": "1"}  # tiny networks: one thread is fastest and immune to a busy machine
+TINY_PPO = ["--env", "SlipperyHopper", "--change-every", "400", "--set", "algo_kwargs.n_steps=256",
+            "--set", "algo_kwargs.batch_size=128", "--set", "algo_kwargs.n_epochs=2", "--set", "policy.net_arch=[16,16]",
+            "--set", "policy.cbp.maturity_threshold=5", "--set", "policy.cbp.replacement_rate=0.01"]
+
+
+def run_train(*args, **kwargs):
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=ENV, **kwargs)
+
+
+def scalars(run_dir):
+    """Every scalar of a run as {tag: [(step, value), ...]}, files in order, as TensorBoard would purge them."""
+    accumulator = EventAccumulator(str(run_dir / "tb"), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+def test_ppo_run_writes_config_metadata_events_and_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    result = run_train(*TINY_PPO, "--total-steps", 1024, "--checkpoint-every", 512, "--run-dir", run, "--seed", 3)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["seed"] == 3 and config["env"]["id"] == "SlipperyHopper-v0"
+    assert config["env"]["kwargs"]["schedule_seed"] == 3 and config["policy"]["cbp"]["maturity_threshold"] == 5
+    assert config["algo_kwargs"]["gamma"] == 0.99  # the paper's PPO settings came through
+    metadata = json.loads((run / "metadata.json").read_text())[0]
+    assert metadata["seed"] == 3 and metadata["packages"]["stable-baselines3"] and "--seed" in metadata["command"]
+    tags = scalars(run)
+    assert {"health/actor/l0/dead_frac", "cbp/critic/l1/replaced", "env/friction"} <= set(tags)
+    assert tags["cbp/actor/l0/replaced"][-1][1] > 0
+    checkpoints = sorted(p.name for p in (run / "checkpoints").glob("*.zip"))
+    assert checkpoints == ["model_1024_steps.zip", "model_512_steps.zip"]
+
+
+def test_sac_run(tmp_path):
+    result = run_train("--algo", "sac", "--env", "SlipperyHopper", "--total-steps", 300, "--run-dir", tmp_path / "sac",
+                       "--set", "algo_kwargs.learning_starts=100", "--set", "algo_kwargs.buffer_size=1000",
+                       "--set", "policy.net_arch=[16,16]", "--set", "policy.cbp.maturity_threshold=10",
+                       "--set", "policy.cbp.replacement_rate=0.01", "--set", "logging.health_every=100")
+    assert result.returncode == 0, result.stderr
+    tags = scalars(tmp_path / "sac")
+    assert tags["cbp/critic1/l0/replaced"][-1][1] > 0 and "health/actor/l1/effective_rank" in tags
+
+
+def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "train.py", *TINY_PPO, "--total-steps", "20000", "--checkpoint-every", "512",
+                                "--run-dir", str(run)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((run / "checkpoints").glob("*_run_state_1024_steps.json")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=120) == 128 + signal.SIGINT
+    stopped_at = max(json.loads(p.read_text())["num_timesteps"] for p in (run / "checkpoints").glob("*run_state*"))
+    assert 1024 <= stopped_at < 20000
+    before = scalars(run)
+
+    result = run_train("--resume", run, "--total-steps", stopped_at + 1024)
+    assert result.returncode == 0, result.stderr
+    final = json.loads(sorted((run / "checkpoints").glob("*run_state*"), key=os.path.getmtime)[-1].read_text())
+    assert final["num_timesteps"] >= stopped_at + 1024
+    after = scalars(run)
+    steps = [step for step, _ in after["env/friction"]]
+    assert steps == sorted(set(steps)) and steps[-1] > stopped_at  # continuous, no step twice
+    schedule = FrictionSchedule(change_every=400, schedule_seed=0)
+    segments = [int(v) for _, v in after["env/friction_segment"]]
+    assert segments == sorted(segments) and segments[-1] > int(before["env/friction_segment"][-1][1]) - 1
+    for (_, friction), segment in zip(after["env/friction"], segments):
+        assert friction == pytest.approx(schedule.friction_at(segment), rel=1e-6)
+    assert len(json.loads((run / "metadata.json").read_text())) == 2
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    assert run_train(*TINY_PPO, "--total-steps", 256, "--run-dir", run).returncode == 0
+    (run / "checkpoints" / "model_256_steps.zip").write_text("not a zip")
+    listing = sorted(p.name for p in run.rglob("*"))
+    result = run_train("--resume", run, "--total-steps", 512)
+    assert result.returncode == 2 and "model_256_steps.zip" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in run.rglob("*")) == listing
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--env", "SlipperyMoon"], "env 'SlipperyMoon' is invalid"),
+        (["--method", "magic"], "method 'magic' is unknown"),
+        (["--set", "policy.widht=3"], "'policy.widht' is unknown"),
+        (["--set", "algo_kwargs.n_steps=many"], "'algo_kwargs.n_steps'='many' is invalid"),
+        (["--set", "policy.cbp.replacement_rate=2"], "replacement_rate=2"),
+        (["--total-steps", "0"], "'total_steps'=0 is invalid"),
+        (["--total-steps", "-5"], "'total_steps'=-5 is invalid"),
+        (["--resume", "nowhere"], "is not a run directory"),
+        (["--set", "novalue"], "expected key=value"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        train.main([*args, "--run-dir", str(tmp_path / "run")])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error and len(error.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("precious")
+    with pytest.raises(SystemExit):
+        train.main(["--run-dir", str(run)])
+    assert "--resume" in capsys.readouterr().err and (run / "keep.txt").read_text() == "precious"
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(run), "--overwrite"])
+    assert (run / "keep.txt").exists()

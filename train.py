@@ -1,0 +1,106 @@
+"""Train PPO or SAC with continual backprop on a non-stationary MuJoCo task, with the paper's settings by default.
+
+    python train.py --env SlipperyAnt                      # PPO+CBP, the paper's protocol (20M steps)
+    python train.py --env SlipperyAnt --method std --seed 3
+    python train.py --algo sac --env SlipperyHalfCheetah --method cbp --total-steps 1000000
+    python train.py --resume runs/SlipperyAnt-v0_ppo_cbp_s0
+    tensorboard --logdir runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import envs  # noqa: F401  (registers the Slippery* ids)
+from agents.config import build_config, build_model, make_env, read_yaml, set_dotted
+from agents.run import CLIParser, StopOnSignal, latest_checkpoint, load_checkpoint, make_callbacks, tensorboard_logger, write_run_files
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    parser = CLIParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--env", help="short name (SlipperyAnt, SlipperyHalfCheetah, ...) or any gymnasium id")
+    parser.add_argument("--algo", choices=("ppo", "sac"), default="ppo", help="SB3 algorithm (default: ppo)")
+    parser.add_argument("--method", default="cbp", help="config name in configs/{algo}/: std, ns, l2, cbp for PPO (default: cbp)")
+    parser.add_argument("--config", type=Path, help="a YAML config file instead of --method")
+    parser.add_argument("--seed", type=int, help="seed of the networks, env resets and friction sequence")
+    parser.add_argument("--total-steps", type=int, help="environment steps to train for (default: the config's)")
+    parser.add_argument("--change-every", type=int, help="environment steps between friction changes")
+    parser.add_argument("--n-envs", type=int, help="parallel environment copies")
+    parser.add_argument("--device", help="auto, cpu or cuda")
+    parser.add_argument("--checkpoint-every", type=int, help="environment steps between checkpoints")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. algo_kwargs.n_steps=256")
+    parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/{env}_{algo}_{method}_s{seed})")
+    parser.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run from its latest checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run directory first")
+    return parser, parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace):
+    if args.resume:
+        data = read_yaml(args.resume / "config.yaml")
+    else:
+        path = args.config or CONFIGS / args.algo / f"{args.method}.yaml"
+        if not path.is_file():
+            methods = sorted(p.stem for p in (CONFIGS / args.algo).glob("*.yaml") if p.stem != "base")
+            raise ValueError(f"method {args.method!r} is unknown for {args.algo}: expected one of {', '.join(methods)} or --config PATH")
+        data = read_yaml(path)
+    flags = {"env.id": args.env, "seed": args.seed, "total_steps": args.total_steps, "env.n_envs": args.n_envs,
+             "env.kwargs.change_every": args.change_every, "device": args.device, "checkpoint.every": args.checkpoint_every}
+    for key, value in flags.items():
+        if value is not None:
+            data = set_dotted(data, f"{key}={value}")
+    for assignment in args.set:
+        data = set_dotted(data, assignment)
+    return build_config(data)
+
+
+def prepare_run_dir(args: argparse.Namespace, config) -> Path:
+    if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume and --overwrite exclude each other: resume keeps the run, overwrite deletes it")
+        return args.resume
+    run_dir = args.run_dir or Path("runs") / f"{config.env.id}_{config.algo}_{config.method}_s{config.seed}"
+    if run_dir.exists() and any(run_dir.iterdir()) and not args.overwrite:
+        raise ValueError(f"run directory {str(run_dir)!r} exists: pass --resume {run_dir} to continue it or --overwrite to replace it")
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, args = parse_args(argv)
+    try:
+        if args.resume and not (args.resume / "config.yaml").is_file():
+            raise ValueError(f"--resume {str(args.resume)!r} is not a run directory: it has no config.yaml")
+        config = resolve_config(args)
+        run_dir = prepare_run_dir(args, config)
+        checkpoint = latest_checkpoint(run_dir) if args.resume else None
+        env = make_env(config)
+        stop = StopOnSignal()
+        callbacks, saver = make_callbacks(config, run_dir, stop)
+        model = load_checkpoint(config, checkpoint, env, saver) if checkpoint else build_model(config, env)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    write_run_files(run_dir, config, checkpoint)
+    model.set_logger(tensorboard_logger(run_dir, checkpoint.steps if checkpoint else None))
+    remaining = config.total_steps - model.num_timesteps
+    print(f"{config.algo.upper()} {config.method} on {config.env.id}, seed {config.seed}: {remaining} steps -> {run_dir}")
+    stop.install()
+    if remaining <= 0:
+        print(f"the run already has {model.num_timesteps} of {config.total_steps} steps: nothing to do")
+        return 0
+    model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=checkpoint is None)
+    saver.save_checkpoint()
+    if stop.signal_number is not None:
+        print(f"stopped by signal {stop.signal_number} at step {model.num_timesteps}; continue with --resume {run_dir}")
+        return 128 + stop.signal_number
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
