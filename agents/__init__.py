@@ -2,15 +2,15 @@
 
 from .callbacks import FrictionCallback, UnitHealthCallback
 from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_schedule_states, schedule_states
-from .policies import CBP_KEYS, POLICY_INITS, CBPActorCriticPolicy, CBPSACPolicy, resolve_cbp_settings
+from .policies import METHODS, POLICY_INITS, CBPActorCriticPolicy, CBPSACPolicy, resolve_settings
 from .sites import network_parameters, policy_heads, policy_sites, probe_forward
 
 __all__ = [
     "CBPActorCriticPolicy",
     "CBPSACPolicy",
-    "CBP_KEYS",
+    "METHODS",
     "POLICY_INITS",
-    "resolve_cbp_settings",
+    "resolve_settings",
     "UnitHealthCallback",
     "FrictionCallback",
     "RunCheckpointCallback",

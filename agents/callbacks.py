@@ -23,8 +23,9 @@ class UnitHealthCallback(BaseCallback):
     On-policy algorithms (PPO) are probed at every rollout end on that rollout's observations;
     off-policy ones (SAC) every ``log_every`` environment steps on the newest replay transitions.
     Tags: ``health/{network}/{site}/{metric}``, ``health/{network}/{head}/weight_mag``,
-    ``health/{network}/grad_norm`` (last update), ``cbp/{network}/{site}/replaced`` (cumulative),
-    ``cbp/{network}/{site}/mean_age`` and, in TensorBoard only, ``cbp/{network}/{site}/utility``.
+    ``health/{network}/grad_norm`` (last update), ``{method}/{network}/{site}/replaced`` (cumulative units
+    replaced by CBP or ReDo), ``cbp/{network}/{site}/mean_age`` and, in TensorBoard only,
+    ``cbp/{network}/{site}/utility``.
 
     :param log_every: off-policy only: environment steps (``num_timesteps``) between two probes.
     :param probe_size: at most this many observations per probe (a PPO rollout is thinned evenly).
@@ -92,14 +93,19 @@ class UnitHealthCallback(BaseCallback):
 
     def _cbp_scalars(self) -> dict[str, float]:
         scalars = {}
-        for network, cbp in (getattr(self.model.policy, "cbp", None) or {}).items():
-            ages = cbp.ages()
-            for site, count in cbp.replacements().items():
-                scalars[f"cbp/{network}/{site}/replaced"] = float(count)
-                scalars[f"cbp/{network}/{site}/mean_age"] = float(ages[site].mean())
-            if self.utility_histograms:
-                for site, utility in cbp.utilities().items():
-                    self.logger.record(f"cbp/{network}/{site}/utility", utility.detach().cpu(), exclude=_TB_ONLY)
+        for method, modules in getattr(self.model.policy, "plasticity", {}).items():
+            for network, module in modules.items():
+                for site, count in getattr(module, "replacements", dict)().items():
+                    scalars[f"{method}/{network}/{site}/replaced"] = float(count)
+                if method == "cbp":
+                    scalars |= self._cbp_details(network, module)
+        return scalars
+
+    def _cbp_details(self, network: str, cbp: Any) -> dict[str, float]:
+        scalars = {f"cbp/{network}/{site}/mean_age": float(age.mean()) for site, age in cbp.ages().items()}
+        if self.utility_histograms:
+            for site, utility in cbp.utilities().items():
+                self.logger.record(f"cbp/{network}/{site}/utility", utility.detach().cpu(), exclude=_TB_ONLY)
         return scalars
 
 

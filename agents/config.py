@@ -22,7 +22,7 @@ from torch import nn
 
 import envs
 
-from .policies import CBPActorCriticPolicy, CBPSACPolicy
+from .policies import METHODS, CBPActorCriticPolicy, CBPSACPolicy
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 POLICIES = {"ppo": CBPActorCriticPolicy, "sac": CBPSACPolicy}
@@ -46,7 +46,10 @@ class PolicyConfig:
     init: str = "lecun"  # orthogonal (PPO only) | lecun | kaiming | xavier | default
     log_std_init: typing.Optional[float] = None  # initial log std of the Gaussian policy; None: SB3's default
     optimizer: dict = field(default_factory=dict)  # Adam kwargs: betas, weight_decay, eps
-    cbp: typing.Optional[dict] = None  # ContinualBackprop settings; None: plain backprop
+    cbp: typing.Optional[dict] = None  # ContinualBackprop settings; None: off
+    shrink_perturb: typing.Optional[dict] = None  # cbp_rl.ShrinkPerturb settings (shrink, noise_scale); None: off
+    redo: typing.Optional[dict] = None  # cbp_rl.ReDo settings (reset_period, tau, init, ...); None: off
+    l2_init: typing.Optional[dict] = None  # cbp_rl.L2Init settings (strength); None: off
 
 
 @dataclass
@@ -217,9 +220,8 @@ def make_env(config: Config) -> VecEnv:
 
 def policy_kwargs(config: Config) -> dict[str, Any]:
     policy = config.policy
-    kwargs: dict[str, Any] = dict(
-        net_arch=list(policy.net_arch), activation_fn=ACTIVATIONS[policy.activation], init=policy.init, cbp=policy.cbp
-    )
+    kwargs: dict[str, Any] = dict(net_arch=list(policy.net_arch), activation_fn=ACTIVATIONS[policy.activation], init=policy.init)
+    kwargs |= {method: getattr(policy, method) for method in METHODS}
     optimizer = dict(policy.optimizer)
     if "betas" in optimizer:
         optimizer["betas"] = tuple(optimizer["betas"])

@@ -13,24 +13,27 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.sac.policies import SACPolicy
 from torch import nn
 
-from cbp_rl import ContinualBackprop, init_linear_
+from cbp_rl import PLASTICITY_METHODS, init_linear_
 
 from .sites import policy_heads, policy_sites
 
 POLICY_INITS = ("orthogonal", "lecun", "kaiming", "xavier", "default")
-CBP_KEYS = tuple(ContinualBackprop.default_settings())
+METHODS = tuple(PLASTICITY_METHODS)
 
 
-def resolve_cbp_settings(cbp: dict[str, Any] | None, default_init: str) -> dict[str, Any] | None:
-    """Full CBP settings: ContinualBackprop's defaults, the policy's init scheme, then the user's values."""
-    if cbp is None:
+def resolve_settings(method: str, settings: dict[str, Any] | None, default_init: str) -> dict[str, Any] | None:
+    """Full settings of a plasticity method: the class's defaults, the policy's init scheme, then the user's values."""
+    if settings is None:
         return None
-    if not isinstance(cbp, dict):
-        raise ValueError(f"cbp={cbp!r} is invalid: expected None (plain backprop) or a dict of {', '.join(CBP_KEYS)}")
-    unknown = sorted(set(cbp) - set(CBP_KEYS))
+    defaults = PLASTICITY_METHODS[method].default_settings()
+    if not isinstance(settings, dict):
+        raise ValueError(f"{method}={settings!r} is invalid: expected None (off) or a dict of {', '.join(defaults)}")
+    unknown = sorted(set(settings) - set(defaults))
     if unknown:
-        raise ValueError(f"cbp key {unknown[0]!r} is unknown: expected some of {', '.join(CBP_KEYS)}")
-    return ContinualBackprop.default_settings() | {"init": default_init} | cbp
+        raise ValueError(f"{method} key {unknown[0]!r} is unknown: expected some of {', '.join(defaults)}")
+    if "init" in defaults:
+        defaults["init"] = default_init
+    return defaults | settings
 
 
 def _check_policy_kwargs(init: str, kwargs: dict[str, Any]) -> None:
@@ -44,24 +47,35 @@ def _check_policy_kwargs(init: str, kwargs: dict[str, Any]) -> None:
 
 
 class _PlasticityMixin:
-    """CBP on every network of an SB3 policy: one ContinualBackprop per network, on that network's optimizer."""
+    """Plasticity methods on every network of an SB3 policy: one module per method and network, on that network's
+    optimizer, in ``self.plasticity[method][network]``."""
 
-    cbp: nn.ModuleDict | None
+    plasticity: nn.ModuleDict
 
-    def _setup_plasticity(self, cbp: dict[str, Any] | None, init: str, reinit_uniform: bool) -> None:
+    def _setup_plasticity(self, methods: dict[str, dict[str, Any] | None], init: str, reinit_uniform: bool) -> None:
         self.init = init
         sites = policy_sites(self)
         if reinit_uniform:
             self._apply_init(sites)
-        self.cbp_settings = resolve_cbp_settings(cbp, init if init != "orthogonal" else "kaiming")
-        self.cbp = None
-        if self.cbp_settings is not None:
-            self.cbp = nn.ModuleDict(
-                {
-                    name: ContinualBackprop(network_sites, self._optimizer_of(name), **self.cbp_settings)
-                    for name, network_sites in sites.items()
-                }
-            )
+        default_init = init if init != "orthogonal" else "kaiming"
+        self.plasticity_settings = {method: resolve_settings(method, value, default_init) for method, value in methods.items()}
+        self.plasticity = nn.ModuleDict(
+            {
+                method: nn.ModuleDict(
+                    {
+                        name: PLASTICITY_METHODS[method](network_sites, self._optimizer_of(name), **settings)
+                        for name, network_sites in sites.items()
+                    }
+                )
+                for method, settings in self.plasticity_settings.items()
+                if settings is not None
+            }
+        )
+
+    @property
+    def cbp(self) -> nn.ModuleDict | None:
+        """The ContinualBackprop module of each network, or None without CBP."""
+        return self.plasticity["cbp"] if "cbp" in self.plasticity else None
 
     @torch.no_grad()
     def _apply_init(self, sites: dict) -> None:
@@ -76,17 +90,18 @@ class _PlasticityMixin:
         raise NotImplementedError
 
     def set_training_mode(self, mode: bool) -> None:
-        """Also switch CBP's activation recording: on while training, off for rollouts and evaluation."""
+        """Also switch activation recording: on while training, off for rollouts and evaluation."""
         super().set_training_mode(mode)
-        for name, cbp in (self.cbp or {}).items():
-            if cbp.recording != mode:
-                cbp.record_features(mode)
-            optimizer = self._optimizer_of(name)
-            if mode and not cbp.is_attached(optimizer):
-                cbp.attach(optimizer)
+        for modules in self.plasticity.values():
+            for name, module in modules.items():
+                if module.recording != mode:
+                    module.record_features(mode)
+                optimizer = self._optimizer_of(name)
+                if mode and not module.is_attached(optimizer):
+                    module.attach(optimizer)
 
     def _plasticity_constructor_parameters(self) -> dict[str, Any]:
-        return {"cbp": self.cbp_settings, "init": self.init}
+        return {"init": self.init, **self.plasticity_settings}
 
 
 class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
@@ -98,7 +113,10 @@ class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
 
     :param cbp: ContinualBackprop settings (``replacement_rate``, ``maturity_threshold``, ``decay_rate``,
         ``init``, ``fractional``, ``reset_optimizer_state``); missing keys take ContinualBackprop's defaults and
-        ``init`` the policy's scheme. ``None``: plain backprop on the same network (the std/L2 baselines).
+        ``init`` the policy's scheme. ``None`` (default): no CBP, plain backprop on the same network.
+    :param shrink_perturb: likewise for `cbp_rl.ShrinkPerturb` (``shrink``, ``noise_scale``); ``redo`` for
+        `cbp_rl.ReDo` (``reset_period``, ``tau``, ...); ``l2_init`` for `cbp_rl.L2Init` (``strength``).
+        Methods combine: each given one runs on every network.
     :param init: weight init of the MLPs and heads: ``orthogonal`` (SB3's default, gains √2 / 0.01 / 1) or a
         uniform scheme ``lecun`` (the paper's), ``kaiming``, ``xavier``, ``default`` with zero biases.
         Re-initialized units use the same scheme; with ``orthogonal``, the variance-matched ``kaiming`` bound.
@@ -106,12 +124,13 @@ class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
         ...). ``use_sde=True`` is rejected.
     """
 
-    def __init__(self, *args: Any, cbp: dict[str, Any] | None = None, init: str = "orthogonal", **kwargs: Any):
+    def __init__(self, *args: Any, init: str = "orthogonal", **kwargs: Any):
+        methods = {method: kwargs.pop(method, None) for method in METHODS}
         _check_policy_kwargs(init, kwargs)
         if init != "orthogonal":
             kwargs["ortho_init"] = False
         super().__init__(*args, **kwargs)
-        self._setup_plasticity(cbp, init, reinit_uniform=init != "orthogonal")
+        self._setup_plasticity(methods, init, reinit_uniform=init != "orthogonal")
 
     def _optimizer_of(self, network: str) -> torch.optim.Optimizer:
         return self.optimizer
@@ -127,17 +146,18 @@ class CBPSACPolicy(_PlasticityMixin, SACPolicy):
     stepping with ``actor.optimizer``; every hidden layer of each ``critic.qf{i}``, stepping with
     ``critic.optimizer``. ``critic_target`` gets no CBP: it follows the critic by Polyak averaging.
 
-    :param cbp: as for `CBPActorCriticPolicy`; ``init`` defaults to the policy's scheme.
+    :param cbp: as for `CBPActorCriticPolicy` (so are ``shrink_perturb``, ``redo``, ``l2_init``).
     :param init: ``default`` (SB3's SAC: torch's nn.Linear init) or ``lecun``, ``kaiming``, ``xavier``.
     :param kwargs: everything ``SACPolicy`` takes; ``use_sde=True`` is rejected.
     """
 
-    def __init__(self, *args: Any, cbp: dict[str, Any] | None = None, init: str = "default", **kwargs: Any):
+    def __init__(self, *args: Any, init: str = "default", **kwargs: Any):
+        methods = {method: kwargs.pop(method, None) for method in METHODS}
         _check_policy_kwargs(init, kwargs)
         if init == "orthogonal":
             raise ValueError("init='orthogonal' is invalid for SAC: expected one of lecun, kaiming, xavier, default")
         super().__init__(*args, **kwargs)
-        self._setup_plasticity(cbp, init, reinit_uniform=init != "default")
+        self._setup_plasticity(methods, init, reinit_uniform=init != "default")
         if init != "default":
             self.critic_target.load_state_dict(self.critic.state_dict())
 

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import nn
 
-from .cbp import Site
+from .sites import Site
 
 
 def _flat(features: torch.Tensor) -> torch.Tensor:

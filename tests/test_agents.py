@@ -161,7 +161,7 @@ def test_checkpoint_reloads_in_a_new_process_and_keeps_replacing(tmp_path, algo)
     model = ppo() if algo == "PPO" else sac()
     model.learn(512 if algo == "PPO" else 150)
     model.save(tmp_path / "model.zip")
-    cbp_state = {k: v for k, v in model.policy.state_dict().items() if k.startswith("cbp.") and torch.is_tensor(v)}
+    cbp_state = {k: v for k, v in model.policy.state_dict().items() if k.startswith("plasticity.cbp.") and torch.is_tensor(v)}
     torch.save(cbp_state, tmp_path / "cbp.pt")
     script = LOAD_AND_CONTINUE.format(algo=algo, steps=256 if algo == "PPO" else 100)
     out = subprocess.run(
@@ -219,3 +219,25 @@ def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):
     assert len(state["schedule_states"]) == 2 and state["schedule_states"][0]["segment"] >= 1
     assert state["callbacks"]["friction"]["segment"] == state["schedule_states"][0]["segment"]
     assert len(list(tmp_path.iterdir())) == 4
+
+
+@pytest.mark.parametrize(
+    "method, settings, tag",
+    [("redo", dict(reset_period=4, tau=0.5), "redo/actor/l0/replaced"), ("shrink_perturb", dict(noise_scale=1e-3), None),
+     ("l2_init", dict(strength=1.0), None)],
+)
+def test_comparison_methods_run_inside_ppo_and_reload(tmp_path, method, settings, tag):
+    model = ppo(cbp=None, tensorboard_log=str(tmp_path))
+    model = PPO(CBPActorCriticPolicy, model.get_env(), n_steps=128, batch_size=32, n_epochs=2, seed=0,
+                policy_kwargs=dict(net_arch=[UNITS, UNITS], init="lecun", **{method: settings}), tensorboard_log=str(tmp_path))
+    plain = ppo(cbp=None)
+    model.learn(256, callback=UnitHealthCallback())
+    plain.learn(256)
+    assert set(model.policy.plasticity) == {method} and set(model.policy.plasticity[method]) == {"actor", "critic"}
+    differs = [not torch.equal(a, b) for a, b in zip(model.policy.parameters(), plain.policy.parameters())]
+    assert any(differs)
+    if tag:
+        assert tag in scalar_tags(tmp_path)
+    model.save(tmp_path / "m.zip")
+    loaded = PPO.load(tmp_path / "m.zip")
+    assert loaded.policy.plasticity[method]["actor"].settings == model.policy.plasticity[method]["actor"].settings

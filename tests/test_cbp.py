@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from cbp_rl import ContinualBackprop, Site, uniform_bound
+from cbp_rl import ContinualBackprop, Site, StackedLinear, uniform_bound
 
 
 def make_net(inputs=6, hidden=20, outputs=2, seed=0):
@@ -333,3 +333,62 @@ def test_state_dict_without_cbp_entries_starts_cbp_fresh():
     model.load_state_dict(plain)  # strict: the CBP entries are filled in, not reported missing
     assert model["cbp"].replacements() == {"l0": 0, "l1": 0}
     assert model["cbp"].settings["maturity_threshold"] == 5
+
+
+def stacked_net(members=4, hidden=20, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(StackedLinear(members, 6, hidden), nn.ReLU(), StackedLinear(members, hidden, 1))
+
+
+def stacked_step(net, optimizer, members=4):
+    x = torch.randn(members, 16, 6)
+    loss = (net(x) - x[..., :1]).pow(2).mean()
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def test_stacked_members_replace_their_own_lowest_utility_units():
+    net = stacked_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0, maturity_threshold=3)
+    with torch.no_grad():
+        for member in range(4):
+            net[2].weight[member, :, member + 5] = 0.0  # member m's useless unit is m + 5
+    for _ in range(10):
+        stacked_step(net, optimizer)
+    cbp.replacement_rate = 0.05
+    stacked_step(net, optimizer)
+    ages = cbp.ages()["l0"]
+    assert ages.shape == (4, 20)
+    assert [np.flatnonzero(ages[m] == 0).tolist() for m in range(4)] == [[m + 5] for m in range(4)]
+    assert cbp.state_dict()["states.l0.replaced"].tolist() == [1, 1, 1, 1]
+    assert torch.all(net[2].weight[0, :, 5] == 0) and torch.all(net[2].weight[1, :, 5] != 0)
+
+
+def test_stacked_bernoulli_counts_differ_per_member_and_follow_the_rate():
+    net = stacked_net(members=6, hidden=30)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-3)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.01, maturity_threshold=0, fractional="bernoulli")
+    for _ in range(300):
+        ages_before = cbp.ages()["l0"].copy()
+        replaced_before = cbp.states["l0"].host.replaced.copy()
+        stacked_step(net, optimizer, members=6)
+        newborn = (cbp.ages()["l0"] == 0).sum(1)
+        assert newborn.tolist() == (cbp.states["l0"].host.replaced - replaced_before).tolist()
+        assert (ages_before >= 0).all()
+    per_member = cbp.states["l0"].host.replaced
+    assert len(set(per_member.tolist())) > 1
+    assert abs(per_member.mean() - 300 * 0.01 * 30) < 4 * math.sqrt(90)
+
+
+def test_stacked_state_round_trips():
+    net = stacked_net()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.05, maturity_threshold=2)
+    for _ in range(30):
+        stacked_step(net, optimizer)
+    twin = ContinualBackprop.from_sequential(stacked_net())
+    twin.load_state_dict(cbp.state_dict())
+    assert twin.replacements() == cbp.replacements() and np.array_equal(twin.ages()["l0"], cbp.ages()["l0"])
+    assert np.array_equal(twin.states["l0"].host.accumulator, cbp.states["l0"].host.accumulator)

@@ -1,0 +1,129 @@
+"""The machinery every plasticity intervention shares: named sites, activation recording, optimizer step hooks."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .sites import Site
+
+
+class SiteIntervention(nn.Module):
+    """Acts on sites around every ``optimizer.step()``; subclasses implement :meth:`step` (and set ``when``).
+
+    Activations of the sites are recorded by forward hooks, only while ``torch.is_grad_enabled()``, and
+    handed to :meth:`step` as ``self.take_features()``.
+
+    :param sites: a sequence (named ``l0``, ``l1``, ...) or a mapping name → Site.
+    :param optimizer: the optimizer that trains the sites; ``None``: call :meth:`step` yourself.
+    :param record: record activations (interventions that need none pass False).
+    """
+
+    when = "post"
+
+    def __init__(
+        self, sites: Sequence[Site] | Mapping[str, Site], optimizer: torch.optim.Optimizer | None = None, record: bool = True
+    ) -> None:
+        super().__init__()
+        named = dict(sites) if isinstance(sites, Mapping) else {f"l{i}": s for i, s in enumerate(sites)}
+        if not named:
+            raise ValueError(f"{type(self).__name__} needs at least one Site")
+        if len({id(s.activation) for s in named.values()}) != len(named):
+            raise ValueError("each Site needs its own activation module instance (one is shared)")
+        self._sites = list(named.values())
+        self.names = list(named)
+        self._needs_features = record
+        self._features: list[torch.Tensor | None] = [None] * len(self._sites)
+        self._feature_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._step_hook: torch.utils.hooks.RemovableHandle | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.register_load_state_dict_pre_hook(SiteIntervention._start_fresh_if_absent)
+        self.record_features(True)
+        if optimizer is not None:
+            self.attach(optimizer)
+
+    @classmethod
+    def default_settings(cls) -> dict[str, float | int | str | bool]:
+        """The constructor's default hyperparameters."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY}
+
+    @staticmethod
+    def _start_fresh_if_absent(module: SiteIntervention, state_dict: dict, prefix: str, *args: object) -> None:
+        """A state dict without any entry of this module (e.g. plain-backprop weights: a warm start) keeps its state."""
+        if not any(key.startswith(prefix) for key in state_dict):
+            state_dict.update({prefix + key: value for key, value in module.state_dict().items()})
+
+    @property
+    def sites(self) -> dict[str, Site]:
+        return dict(zip(self.names, self._sites))
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Run :meth:`step` around every ``optimizer.step()`` (replacing any earlier attachment)."""
+        self.detach()
+        self.optimizer = optimizer
+        register = optimizer.register_step_post_hook if self.when == "post" else optimizer.register_step_pre_hook
+        self._step_hook = register(self._on_optimizer_step)
+
+    def detach(self) -> None:
+        if self._step_hook is not None:
+            self._step_hook.remove()
+        self._step_hook = None
+
+    def is_attached(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether :meth:`step` is registered on this very optimizer (a re-created optimizer lacks it)."""
+        hooks = optimizer._optimizer_step_post_hooks if self.when == "post" else optimizer._optimizer_step_pre_hooks
+        return self.optimizer is optimizer and self._step_hook is not None and self._step_hook.id in hooks
+
+    def record_features(self, enabled: bool) -> None:
+        """Attach (or remove) the forward hooks that record the sites' activations."""
+        for handle in self._feature_hooks:
+            handle.remove()
+        self._feature_hooks = []
+        self._features = [None] * len(self._sites)
+        if enabled and self._needs_features:
+            self._feature_hooks = [
+                site.activation.register_forward_hook(self._recorder(i)) for i, site in enumerate(self._sites)
+            ]
+
+    @property
+    def recording(self) -> bool:
+        return bool(self._feature_hooks)
+
+    def _recorder(self, index: int):
+        def record(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+            if torch.is_grad_enabled():
+                self._features[index] = output.detach()
+
+        return record
+
+    def take_features(self) -> list[torch.Tensor | None]:
+        """The activations recorded since the last call (None for sites not run with gradients since)."""
+        features, self._features = self._features, [None] * len(self._sites)
+        return features
+
+    def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        self.step()
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def settings(self) -> dict[str, float | int | str | bool]:
+        """The hyperparameters in use, as constructor keyword arguments; saved in ``state_dict`` too."""
+        raise NotImplementedError
+
+    def get_extra_state(self) -> dict[str, float | int | str | bool]:
+        return self.settings
+
+    def set_extra_state(self, state: dict[str, float | int | str | bool]) -> None:
+        self.configure(**state)
+
+    def configure(self, **settings: float | int | str | bool) -> None:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"sites={self.names}, " + ", ".join(f"{key}={value!r}" for key, value in self.settings.items())
