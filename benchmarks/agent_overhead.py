@@ -7,6 +7,7 @@ the policy class (and the callback); no logger output is written, but the health
 
 Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 5] [--ppo-steps 2048] [--sac-steps 1000]
                                            [--maturity 100] [--threads N]
+Quick check (about 2 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
 """
 
 from __future__ import annotations
@@ -20,49 +21,32 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from pathlib import Path
+
 import stable_baselines3
 import torch
-from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.logger import Logger
-from torch import nn
 
-import envs  # noqa: F401  (registers the Slippery* ids)
-from agents import CBPActorCriticPolicy, CBPSACPolicy, UnitHealthCallback
+from agents import METHODS, UnitHealthCallback
+from agents.config import ALGORITHMS, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
 
-ENV_ID = "SlipperyAnt-v0"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SEED = 0
 SAC_LEARNING_STARTS = 1000
 SAC_WARMUP_UPDATES = 200  # gradient steps past learning_starts before timing, so CBP units can mature
 SAC_LOG_EVERY = 1000  # UnitHealthCallback cadence for SAC (env steps), as in a real run
 
-# DESIGN §6, the paper's PPO on SlipperyAnt (the cbp column's Adam settings for every variant).
-PPO_KWARGS: dict[str, Any] = dict(
-    n_steps=2048,
-    batch_size=128,
-    n_epochs=10,
-    learning_rate=1e-4,
-    gamma=0.99,
-    gae_lambda=0.95,
-    clip_range=0.2,
-    ent_coef=0.0,
-    vf_coef=1.0,
-    max_grad_norm=1e9,
-)
-PPO_POLICY_KWARGS: dict[str, Any] = dict(
-    net_arch=dict(pi=[256, 256], vf=[256, 256]),
-    activation_fn=nn.ReLU,
-    log_std_init=0.0,
-    optimizer_kwargs=dict(betas=(0.99, 0.99), weight_decay=1e-4),
-)
-SAC_KWARGS: dict[str, Any] = dict(learning_starts=SAC_LEARNING_STARTS, batch_size=256, train_freq=1, gradient_steps=1)
-SAC_POLICY_KWARGS: dict[str, Any] = dict(net_arch=[256, 256])
 
-
-def cbp_settings(maturity: int) -> dict[str, Any]:
-    """The paper's CBP settings, with ``maturity_threshold`` replaced so units mature within a short benchmark."""
-    return dict(replacement_rate=1e-4, maturity_threshold=maturity, decay_rate=0.99, reset_optimizer_state=False)
+def cbp_config(algo: str, maturity: int) -> Config:
+    """``configs/{algo}/cbp.yaml`` (the paper's PPO / rl-zoo SAC), with a maturity short enough to replace units here."""
+    data = read_yaml(CONFIGS / algo / "cbp.yaml")
+    overrides = [f"policy.cbp.maturity_threshold={maturity}", f"seed={SEED}", "device=cpu"]
+    if algo == "sac":
+        overrides += [f"algo_kwargs.learning_starts={SAC_LEARNING_STARTS}", f"logging.health_every={SAC_LOG_EVERY}"]
+    for assignment in overrides:
+        data = set_dotted(data, assignment)
+    return build_config(data)
 
 
 class CountingHealthCallback(UnitHealthCallback):
@@ -96,28 +80,26 @@ class Variant:
 
 
 def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
-    """A model on its own SlipperyAnt-v0 (default kwargs, one env), seeded alike; only the policy class differs."""
-    env = make_vec_env(ENV_ID, n_envs=1, seed=SEED)
-    if algo == "ppo":
-        policy_kwargs = PPO_POLICY_KWARGS | (
-            dict(init="lecun", cbp=cbp_settings(maturity)) if with_cbp else dict(ortho_init=False)
-        )
-        policy = CBPActorCriticPolicy if with_cbp else "MlpPolicy"
-        model = PPO(policy, env, policy_kwargs=policy_kwargs, seed=SEED, device="cpu", **PPO_KWARGS)
+    """A model on its own env of the config, seeded alike; plain uses SB3's MlpPolicy with the same network and Adam."""
+    config = cbp_config(algo, maturity)
+    env = make_env(config)
+    if with_cbp:
+        model = build_model(config, env)
     else:
-        policy_kwargs = SAC_POLICY_KWARGS | (dict(cbp=cbp_settings(maturity)) if with_cbp else {})
-        policy = CBPSACPolicy if with_cbp else "MlpPolicy"
-        model = SAC(policy, env, policy_kwargs=policy_kwargs, seed=SEED, device="cpu", **SAC_KWARGS)
+        kwargs = {k: v for k, v in policy_kwargs(config).items() if k not in ("init", *METHODS)}
+        if algo == "ppo":
+            kwargs["ortho_init"] = False
+        model = ALGORITHMS[algo]("MlpPolicy", env, seed=SEED, device="cpu", policy_kwargs=kwargs, **config.algo_kwargs)
     model.set_logger(Logger(folder=None, output_formats=[]))  # records in memory, writes nothing
     return model
 
 
 def make_variants(algo: str, maturity: int) -> list[Variant]:
-    health = (lambda: CountingHealthCallback()) if algo == "ppo" else (lambda: CountingHealthCallback(log_every=SAC_LOG_EVERY))
+    health = CountingHealthCallback(log_every=SAC_LOG_EVERY)
     return [
         Variant("plain MlpPolicy", build(algo, False, maturity), None, []),
         Variant("CBP", build(algo, True, maturity), None, []),
-        Variant("CBP + UnitHealthCallback", build(algo, True, maturity), health(), []),
+        Variant("CBP + UnitHealthCallback", build(algo, True, maturity), health, []),
     ]
 
 
@@ -133,7 +115,7 @@ def learn(variant: Variant, steps: int) -> float:
 
 def run(algo: str, rounds: int, steps: int, maturity: int) -> list[Variant]:
     variants = make_variants(algo, maturity)
-    warmup = PPO_KWARGS["n_steps"] if algo == "ppo" else SAC_LEARNING_STARTS + SAC_WARMUP_UPDATES
+    warmup = cbp_config(algo, maturity).algo_kwargs["n_steps"] if algo == "ppo" else SAC_LEARNING_STARTS + SAC_WARMUP_UPDATES
     for variant in variants:
         learn(variant, warmup)
         variant.replacements_at_start = variant.replacements()
@@ -148,13 +130,20 @@ def run(algo: str, rounds: int, steps: int, maturity: int) -> list[Variant]:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("ppo", "sac", "both"), default="both", help="which algorithm(s) to time")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds; the variants alternate within each, medians reported")
-    parser.add_argument("--ppo-steps", type=int, default=2048, help="PPO env steps per variant per round (2048: one rollout + update)")
-    parser.add_argument("--sac-steps", type=int, default=1000, help="SAC env steps (= gradient steps) per variant per round")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds; the variants alternate within each")
     parser.add_argument(
-        "--maturity", type=int, default=100, help="CBP maturity_threshold (the paper's 10000 replaces nothing in a short run)"
+        "--ppo-steps", type=int, default=2048, help="PPO env steps per variant per round (2048: one rollout + update)"
     )
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--sac-steps", type=int, default=1000, help="SAC env steps (= updates) per variant per round")
+    parser.add_argument(
+        "--maturity", type=int, default=100, help="CBP maturity_threshold (the paper's 10000 replaces nothing here)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=torch.get_num_threads(),
+        help="torch intra-op threads; on a machine shared with other jobs use 1 (oversubscribed: up to 10x slower)",
+    )
     args = parser.parse_args()
     for flag in ("rounds", "ppo_steps", "sac_steps", "threads"):
         if getattr(args, flag) < 1:
@@ -181,11 +170,14 @@ def main() -> None:
         f"SB3 {stable_baselines3.__version__}"
     )
     print(
-        f"{ENV_ID}, n_envs 1, seed {SEED}; CBP replacement_rate 1e-4, decay 0.99, maturity_threshold {args.maturity}"
+        f"configs/{{ppo,sac}}/cbp.yaml (SlipperyAnt-v0, n_envs 1), seed {SEED}; CBP replacement_rate 1e-4, decay 0.99, maturity_threshold {args.maturity}"
         f"{' (paper: 10000)' if args.maturity != 10000 else ' (paper)'}; {args.rounds} rounds, PPO {args.ppo_steps} / "
         f"SAC {args.sac_steps} steps per round; warm-up excluded from every column"
     )
-    print(f"PPO: paper hyperparameters (DESIGN §6); SAC: SB3 defaults, learning_starts {SAC_LEARNING_STARTS}, health log_every {SAC_LOG_EVERY}")
+    print(
+        f"PPO: paper hyperparameters (DESIGN §6); SAC: rl-zoo settings with learning_starts {SAC_LEARNING_STARTS}, "
+        f"health log_every {SAC_LOG_EVERY}"
+    )
     print()
     print("| algo | variant | median steps/s | ratio vs plain (median of rounds) | CBP replacements | health probes |")
     print("|---|---|---:|---:|---:|---:|")

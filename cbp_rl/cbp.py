@@ -103,6 +103,7 @@ class ContinualBackprop(SiteIntervention):
     ) -> None:
         super().__init__(sites, optimizer)
         self.states = nn.ModuleDict({name: _SiteState(site) for name, site in self.sites.items()})
+        self._shapes = [(s.members, s.units) for s in self._sites]
         self._out_rows = [sum(c.weight.shape[-2] for c in s.consumers) for s in self._sites]
         self._nonnegative = [isinstance(s.activation, _NONNEGATIVE_ACTIVATIONS) for s in self._sites]
         self.configure(
@@ -171,21 +172,20 @@ class ContinualBackprop(SiteIntervention):
         return self.states[self.names[index]]
 
     def _update_utilities(self, indices: list[int], features: list[torch.Tensor]) -> None:
-        sites = [self._sites[i] for i in indices]
-        states = [self._state(i) for i in indices]
-        mean_h, mean_abs_h = _batch_means(
-            [h.reshape(s.members, -1, s.units) for s, h in zip(sites, features)], [self._nonnegative[i] for i in indices]
-        )
-        consumers = [c for s in sites for c in s.consumers]
-        column_sums = iter([w.sum(-2) for w in torch._foreach_abs([c.weight for c in consumers])])
-        out_magnitude = [sum(next(column_sums) for _ in s.consumers).view(s.members, s.units) for s in sites]
-        weight = 1.0 - self.decay_rate
-        utilities = [st.utility.view(s.members, s.units) for s, st in zip(sites, states)]
-        torch._foreach_lerp_([st.mean_activation.view(s.members, s.units) for s, st in zip(sites, states)], mean_h, weight)
-        torch._foreach_mul_(utilities, self.decay_rate)
-        torch._foreach_addcmul_(utilities, out_magnitude, mean_abs_h, [weight / self._out_rows[i] for i in indices])
-        for state in states:
+        mean_activations, utilities, mean_h, mean_abs_h, out_magnitudes, scales = [], [], [], [], [], []
+        for i, h in zip(indices, features):
+            site, state, shape = self._sites[i], self._state(i), self._shapes[i]
+            h = h.reshape(shape[0], -1, shape[1])
+            mean_h.append(h.mean(1))
+            mean_abs_h.append(mean_h[-1] if self._nonnegative[i] else h.abs().mean(1))
+            out_magnitudes.append(sum(c.weight.abs().sum(-2) for c in site.consumers).view(shape))
+            mean_activations.append(state.mean_activation.view(shape))
+            utilities.append(state.utility.view(shape))
+            scales.append((1.0 - self.decay_rate) / self._out_rows[i])
             state.host.age += 1
+        torch._foreach_lerp_(mean_activations, mean_h, 1.0 - self.decay_rate)
+        torch._foreach_mul_(utilities, self.decay_rate)
+        torch._foreach_addcmul_(utilities, out_magnitudes, mean_abs_h, scales)
 
     def _count_replacements(self, index: int) -> np.ndarray:
         """Units to replace now in each member of the site."""
@@ -240,22 +240,6 @@ class ContinualBackprop(SiteIntervention):
             age = torch.from_numpy(age).to(utility.device, utility.dtype)
             result[name] = torch.where(age > 0, utility / (1.0 - self.decay_rate**age), 0.0)
         return result
-
-
-def _batch_means(
-    features: list[torch.Tensor], nonnegative: list[bool]
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Per-unit batch means ``[members, units]`` of ``h`` and ``|h|`` for several sites' ``[members, batch, units]``
-    activations, in one reduction when their members and batches align."""
-    if len({h.shape[:2] for h in features}) == 1 and len(features) > 1:
-        widths = [h.shape[2] for h in features]
-        joined = torch.cat(features, dim=2)
-        mean_h = list(joined.mean(1).split(widths, dim=1))
-        mean_abs_h = mean_h if all(nonnegative) else list(joined.abs().mean(1).split(widths, dim=1))
-    else:
-        mean_h = [h.mean(1) for h in features]
-        mean_abs_h = [h.abs().mean(1) for h in features]
-    return mean_h, [m if pos else a for m, a, pos in zip(mean_h, mean_abs_h, nonnegative)]
 
 
 def _check_settings(replacement_rate: float, maturity_threshold: int, decay_rate: float, fractional: str) -> None:

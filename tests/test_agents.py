@@ -1,15 +1,16 @@
 """CBP policies inside the real SB3 PPO and SAC: replacement rates, save/load across processes, logging."""
 
+import importlib
 import json
 import math
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -241,3 +242,23 @@ def test_comparison_methods_run_inside_ppo_and_reload(tmp_path, method, settings
     model.save(tmp_path / "m.zip")
     loaded = PPO.load(tmp_path / "m.zip")
     assert loaded.policy.plasticity[method]["actor"].settings == model.policy.plasticity[method]["actor"].settings
+
+
+RL_ZOO3_HYPERPARAMS = """
+SlipperyHopper-v0:
+  policy: agents.CBPActorCriticPolicy
+  n_steps: 64
+  batch_size: 32
+  policy_kwargs: "dict(net_arch=[16, 16], init='lecun', cbp=dict(maturity_threshold=3, replacement_rate=0.05))"
+"""
+
+
+def test_policy_resolves_from_an_rl_zoo3_hyperparameter_file():
+    """rl-zoo3 imports a dotted ``policy`` by module and attribute name and evaluates a ``policy_kwargs`` string."""
+    hyperparams = yaml.safe_load(RL_ZOO3_HYPERPARAMS)["SlipperyHopper-v0"]
+    module, name = hyperparams.pop("policy").rsplit(".", 1)
+    policy = getattr(importlib.import_module(module), name)
+    policy_kwargs = eval(hyperparams.pop("policy_kwargs"), {})
+    model = PPO(policy, make_vec_env("SlipperyHopper-v0", seed=0), policy_kwargs=policy_kwargs, **hyperparams)
+    model.learn(256)
+    assert all(count > 0 for count in replacements(model).values())

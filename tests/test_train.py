@@ -16,14 +16,13 @@ import train
 from envs import FrictionSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = os.environ | {"OMP_NUM_THREADS": "1"}  # tiny networks: one thread is fastest and immune to a busy machine
 TINY_PPO = ["--env", "SlipperyHopper", "--change-every", "400", "--set", "algo_kwargs.n_steps=256",
             "--set", "algo_kwargs.batch_size=128", "--set", "algo_kwargs.n_epochs=2", "--set", "policy.net_arch=[16,16]",
             "--set", "policy.cbp.maturity_threshold=5", "--set", "policy.cbp.replacement_rate=0.01"]
 
 
 def run_train(*args, **kwargs):
-    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, env=ENV, **kwargs)
+    return subprocess.run([sys.executable, "train.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True, **kwargs)
 
 
 def scalars(run_dir):
@@ -63,7 +62,7 @@ def test_sac_run(tmp_path):
 def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
     run = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "train.py", *TINY_PPO, "--total-steps", "20000", "--checkpoint-every", "512",
-                                "--run-dir", str(run)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                "--run-dir", str(run)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list((run / "checkpoints").glob("*_run_state_1024_steps.json")) and time.monotonic() < deadline:
         time.sleep(0.5)
