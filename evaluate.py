@@ -25,24 +25,24 @@ import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
 import torch
 import yaml
-from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.save_util import json_to_data
 from stable_baselines3.sac.policies import SACPolicy
 
 import agents  # noqa: F401  (the CBP policy classes the checkpoints refer to)
+from agents.config import ALGORITHMS
+from agents.run import CLIParser
 import envs  # registers the Slippery* ids
 from cbp_rl import probe
 
 DEFAULT_FRICTIONS = (0.02, 0.1, 0.5, 1.0, 2.0)
-ALGOS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 SCHEDULE_KEYS = ("change_every", "friction_range", "frictions", "friction", "schedule_seed")
 NOT_FOR_EVAL_ENV = (*SCHEDULE_KEYS, "n_envs")
 PROBE_SIZE = 2048
@@ -51,13 +51,6 @@ SUMMARY_METRICS = (("dead_frac", "dead%", 100.0), ("stable_rank_pct", "srank%", 
 
 class InputError(Exception):
     """Bad input, reported by `main` as one ``evaluate.py: error: ...`` line (exit status 2)."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """ArgumentParser whose errors are one line on stderr (exit status 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 @dataclass(frozen=True)
@@ -196,8 +189,8 @@ def resolve_run(paths: Sequence[Path], env_name: str | None) -> Run:
             )
         return Run(root, _resolve_env_id(env_name), _algo_of_zip(targets[0].model), None, None, {}, None, targets)
     algo = str(config.get("algo", "")).lower()
-    if algo not in ALGOS:
-        raise InputError(f"{root / 'config.yaml'} has algo={config.get('algo')!r}: expected one of {', '.join(ALGOS)}")
+    if algo not in ALGORITHMS:
+        raise InputError(f"{root / 'config.yaml'} has algo={config.get('algo')!r}: expected one of {', '.join(ALGORITHMS)}")
     kwargs = config["env"].get("kwargs") or {}
     env_id = _resolve_env_id(env_name or config["env"]["id"])
     base_kwargs = {key: value for key, value in kwargs.items() if key not in NOT_FOR_EVAL_ENV}
@@ -257,7 +250,7 @@ def close_envs(made: dict[float, gym.Env]) -> None:
 def load_model(path: Path, algo: str, device: str, env: gym.Env) -> BaseAlgorithm:
     """Load a checkpoint with ``PPO.load``/``SAC.load`` and check it fits the env."""
     try:
-        model = ALGOS[algo].load(path, device=device)
+        model = ALGORITHMS[algo].load(path, device=device)
     except Exception as err:  # SB3 raises whatever the zip's contents trigger
         raise InputError(f"{path} could not be loaded as a {algo.upper()} checkpoint ({type(err).__name__}: {err})") from None
     if model.observation_space.shape != env.observation_space.shape or model.action_space.shape != env.action_space.shape:
@@ -394,7 +387,7 @@ def _positive(kind: type, what: str) -> Callable[[str], Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
+    parser = CLIParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|CHECKPOINT",
                         help="a run directory, or checkpoint zips of one run")
     parser.add_argument("--frictions", nargs="+", type=_positive(float, "friction coefficient"), default=list(DEFAULT_FRICTIONS),

@@ -31,7 +31,7 @@ class CLIParser(argparse.ArgumentParser):
     """ArgumentParser whose errors are one line on stderr, ``{prog}: error: ...``, with exit status 2."""
 
     def error(self, message: str) -> typing.NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 class StopOnSignal(BaseCallback):
