@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
+
 import envs  # noqa: F401  (registers the Slippery* ids)
 from agents.config import build_config, build_model, make_env, read_yaml, set_dotted
 from agents.run import CLIParser, StopOnSignal, latest_checkpoint, load_checkpoint, make_callbacks, tensorboard_logger, write_run_files
@@ -32,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--change-every", type=int, help="environment steps between friction changes")
     parser.add_argument("--n-envs", type=int, help="parallel environment copies")
     parser.add_argument("--device", help="auto, cpu or cuda")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest for these small networks)")
     parser.add_argument("--checkpoint-every", type=int, help="environment steps between checkpoints")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. algo_kwargs.n_steps=256")
     parser.add_argument("--run-dir", type=Path, help="output folder (default: runs/{env}_{algo}_{method}_s{seed})")
@@ -50,7 +53,7 @@ def resolve_config(args: argparse.Namespace):
             raise ValueError(f"method {args.method!r} is unknown for {args.algo}: expected one of {', '.join(methods)} or --config PATH")
         data = read_yaml(path)
     flags = {"env.id": args.env, "seed": args.seed, "total_steps": args.total_steps, "env.n_envs": args.n_envs,
-             "env.kwargs.change_every": args.change_every, "device": args.device, "checkpoint.every": args.checkpoint_every}
+             "env.kwargs.change_every": args.change_every, "device": args.device, "checkpoint.every": args.checkpoint_every, "torch_threads": args.threads}
     for key, value in flags.items():
         if value is not None:
             data = set_dotted(data, f"{key}={value}")
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         model = load_checkpoint(config, checkpoint, env, saver) if checkpoint else build_model(config, env)
     except ValueError as error:
         parser.error(str(error))
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
     if args.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     write_run_files(run_dir, config, checkpoint)

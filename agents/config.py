@@ -74,6 +74,7 @@ class Config:
     seed: int = 0  # seeds torch, numpy, the env resets and (by default) the friction schedule
     total_steps: int = 20_000_000  # environment steps to train for
     device: str = "auto"  # auto | cpu | cuda
+    torch_threads: typing.Optional[int] = None  # torch intra-op CPU threads; None: torch's default (1 is fastest here)
     env: EnvConfig = field(default_factory=EnvConfig)
     algo_kwargs: dict = field(default_factory=dict)  # keyword arguments of the SB3 algorithm (PPO / SAC)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -170,6 +171,8 @@ def _check_choices(config: Config) -> None:
     config.env.id = envs.resolve_env_id(config.env.id)
     if is_slippery(config.env.id):
         config.env.kwargs.setdefault("schedule_seed", config.seed)
+    if config.torch_threads is not None and config.torch_threads <= 0:
+        raise ValueError(f"config key 'torch_threads'={config.torch_threads!r} is invalid: expected a positive integer or null")
     for key in ("total_steps", "checkpoint.every", "env.n_envs", "logging.health_every", "logging.probe_size"):
         value = _get(config, key)
         if value <= 0:

@@ -105,6 +105,10 @@ class ReDo(SiteIntervention):
     score ``mean|h_i| / mean_j mean|h_j|`` on the latest training batch is ``<= tau``: fresh input weights,
     zero outgoing weights (and optimizer state reset like CBP's).
 
+    Dormancy is judged on the activations of the latest grad-enabled forward pass (a PPO minibatch, a SAC batch).
+    With very small batches, e.g. online learning, feed a larger probe batch through the sites with gradients
+    enabled just before the resetting step, or every silent unit looks dormant.
+
     :param reset_period: optimizer steps between two resets.
     :param tau: dormancy threshold τ (0: only units silent on the whole batch).
     :param init: scheme of the new input weights: ``lecun``, ``kaiming``, ``xavier`` or ``default``.

@@ -109,6 +109,7 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
         (["--total-steps", "-5"], "'total_steps'=-5 is invalid"),
         (["--resume", "nowhere"], "is not a run directory"),
         (["--set", "novalue"], "expected key=value"),
+        (["--threads", "0"], "'torch_threads'=0 is invalid"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -130,3 +131,11 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train.main(["--resume", str(run), "--overwrite"])
     assert (run / "keep.txt").exists()
+
+
+def test_same_seed_gives_the_same_run(tmp_path):
+    for name in ("a", "b"):
+        assert run_train(*TINY_PPO, "--total-steps", 512, "--seed", 7, "--run-dir", tmp_path / name).returncode == 0
+    first, second = (scalars(tmp_path / name) for name in ("a", "b"))
+    assert first["rollout/ep_rew_mean"] == second["rollout/ep_rew_mean"]
+    assert first["health/actor/l1/effective_rank"] == second["health/actor/l1/effective_rank"]
