@@ -24,6 +24,20 @@ class _HostCounters:
     age: np.ndarray
     accumulator: np.ndarray
     replaced: np.ndarray
+    mature: np.ndarray | None = None  # units past maturity, per member; None: count again
+    steps_until_recount: int = 0  # steps until the oldest immature unit matures
+
+    def age_one_step(self) -> None:
+        self.age += 1
+        self.steps_until_recount -= 1
+
+    def mature_units(self, maturity_threshold: int) -> np.ndarray:
+        """Units older than the threshold, per member; recounted only when some unit can have crossed it."""
+        if self.mature is None or self.steps_until_recount <= 0:
+            young = self.age <= maturity_threshold
+            self.mature = self.age.shape[1] - np.count_nonzero(young, axis=1)
+            self.steps_until_recount = int(maturity_threshold + 1 - self.age[young].max()) if young.any() else 1 << 62
+        return self.mature
 
 
 class _SiteState(nn.Module):
@@ -134,6 +148,8 @@ class ContinualBackprop(SiteIntervention):
         self.fractional = fractional
         self.reset_optimizer_state = bool(reset_optimizer_state)
         self._bounds = [uniform_bound(init, s.producer, s.activation) for s in self._sites]
+        for state in self.states.values():
+            state.host.mature = None
 
     @property
     def settings(self) -> dict[str, float | int | str | bool]:
@@ -182,7 +198,7 @@ class ContinualBackprop(SiteIntervention):
             mean_activations.append(state.mean_activation.view(shape))
             utilities.append(state.utility.view(shape))
             scales.append((1.0 - self.decay_rate) / self._out_rows[i])
-            state.host.age += 1
+            state.host.age_one_step()
         torch._foreach_lerp_(mean_activations, mean_h, 1.0 - self.decay_rate)
         torch._foreach_mul_(utilities, self.decay_rate)
         torch._foreach_addcmul_(utilities, out_magnitudes, mean_abs_h, scales)
@@ -190,7 +206,7 @@ class ContinualBackprop(SiteIntervention):
     def _count_replacements(self, index: int) -> np.ndarray:
         """Units to replace now in each member of the site."""
         host = self._state(index).host
-        mature = np.count_nonzero(host.age > self.maturity_threshold, axis=1)
+        mature = host.mature_units(self.maturity_threshold)
         expected = self.replacement_rate * mature
         if self.fractional == "accumulate":
             host.accumulator += expected
@@ -222,6 +238,7 @@ class ContinualBackprop(SiteIntervention):
         picked = units.cpu().numpy()
         np.put_along_axis(state.host.age, picked, np.where(uneven, 0, np.take_along_axis(state.host.age, picked, 1)), 1)
         state.host.replaced += count
+        state.host.mature = None
 
     def replacements(self) -> dict[str, int]:
         """Cumulative number of replaced units per site (summed over members)."""
