@@ -94,18 +94,18 @@ class UnitHealthCallback(BaseCallback):
     def _cbp_scalars(self) -> dict[str, float]:
         scalars = {}
         for method, modules in getattr(self.model.policy, "plasticity", {}).items():
-            for network, module in modules.items():
+            for module in modules.values():
                 for site, count in getattr(module, "replacements", dict)().items():
-                    scalars[f"{method}/{network}/{site}/replaced"] = float(count)
+                    scalars[f"{method}/{site}/replaced"] = float(count)
                 if method == "cbp":
-                    scalars |= self._cbp_details(network, module)
+                    scalars |= self._cbp_details(module)
         return scalars
 
-    def _cbp_details(self, network: str, cbp: Any) -> dict[str, float]:
-        scalars = {f"cbp/{network}/{site}/mean_age": float(age.mean()) for site, age in cbp.ages().items()}
+    def _cbp_details(self, cbp: Any) -> dict[str, float]:
+        scalars = {f"cbp/{site}/mean_age": float(age.mean()) for site, age in cbp.ages().items()}
         if self.utility_histograms:
             for site, utility in cbp.utilities().items():
-                self.logger.record(f"cbp/{network}/{site}/utility", utility.detach().cpu(), exclude=_TB_ONLY)
+                self.logger.record(f"cbp/{site}/utility", utility.detach().cpu(), exclude=_TB_ONLY)
         return scalars
 
 

@@ -47,8 +47,8 @@ def _check_policy_kwargs(init: str, kwargs: dict[str, Any]) -> None:
 
 
 class _PlasticityMixin:
-    """Plasticity methods on every network of an SB3 policy: one module per method and network, on that network's
-    optimizer, in ``self.plasticity[method][network]``."""
+    """Plasticity methods on every network of an SB3 policy: one module per method and optimizer, holding the
+    sites of the networks that optimizer trains (named ``{network}/{layer}``), in ``self.plasticity[method][group]``."""
 
     plasticity: nn.ModuleDict
 
@@ -59,12 +59,17 @@ class _PlasticityMixin:
             self._apply_init(sites)
         default_init = init if init != "orthogonal" else "kaiming"
         self.plasticity_settings = {method: resolve_settings(method, value, default_init) for method, value in methods.items()}
+        groups = {
+            group: {f"{network}/{name}": site for network in networks for name, site in sites.get(network, {}).items()}
+            for group, networks in self._network_groups(list(sites)).items()
+        }
         self.plasticity = nn.ModuleDict(
             {
                 method: nn.ModuleDict(
                     {
-                        name: PLASTICITY_METHODS[method](network_sites, self._optimizer_of(name), **settings)
-                        for name, network_sites in sites.items()
+                        group: PLASTICITY_METHODS[method](group_sites, self._optimizer_of(group), **settings)
+                        for group, group_sites in groups.items()
+                        if group_sites
                     }
                 )
                 for method, settings in self.plasticity_settings.items()
@@ -72,9 +77,13 @@ class _PlasticityMixin:
             }
         )
 
+    def _network_groups(self, networks: list[str]) -> dict[str, list[str]]:
+        """The networks each optimizer trains, by optimizer name."""
+        raise NotImplementedError
+
     @property
     def cbp(self) -> nn.ModuleDict | None:
-        """The ContinualBackprop module of each network, or None without CBP."""
+        """The ContinualBackprop module of each optimizer (sites ``{network}/{layer}``), or None without CBP."""
         return self.plasticity["cbp"] if "cbp" in self.plasticity else None
 
     @torch.no_grad()
@@ -86,7 +95,7 @@ class _PlasticityMixin:
             for head in heads.values():
                 init_linear_(head, self.init)
 
-    def _optimizer_of(self, network: str) -> torch.optim.Optimizer:
+    def _optimizer_of(self, group: str) -> torch.optim.Optimizer:
         raise NotImplementedError
 
     def set_training_mode(self, mode: bool) -> None:
@@ -108,8 +117,9 @@ class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
     """SB3's ``ActorCriticPolicy`` (for ``PPO``/``A2C``) with continual backprop on the actor and critic MLPs.
 
     Sites: every hidden layer of ``mlp_extractor.policy_net`` (the last one read by ``action_net``) and of
-    ``mlp_extractor.value_net`` (the last one read by ``value_net``). CBP runs after every optimizer step,
-    i.e. once per PPO minibatch.
+    ``mlp_extractor.value_net`` (the last one read by ``value_net``), named ``actor/l0``, ``critic/l1``, ...,
+    in one module per method on the shared optimizer (``policy.cbp["policy"]``). CBP runs after every
+    optimizer step, i.e. once per PPO minibatch.
 
     :param cbp: ContinualBackprop settings (``replacement_rate``, ``maturity_threshold``, ``decay_rate``,
         ``init``, ``fractional``, ``reset_optimizer_state``); missing keys take ContinualBackprop's defaults and
@@ -132,7 +142,10 @@ class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
         super().__init__(*args, **kwargs)
         self._setup_plasticity(methods, init, reinit_uniform=init != "orthogonal")
 
-    def _optimizer_of(self, network: str) -> torch.optim.Optimizer:
+    def _network_groups(self, networks: list[str]) -> dict[str, list[str]]:
+        return {"policy": networks}
+
+    def _optimizer_of(self, group: str) -> torch.optim.Optimizer:
         return self.optimizer
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
@@ -143,8 +156,8 @@ class CBPSACPolicy(_PlasticityMixin, SACPolicy):
     """SB3's ``SACPolicy`` with continual backprop on the actor and on every critic Q-network.
 
     Sites: every hidden layer of ``actor.latent_pi`` (the last one read by ``mu`` and ``log_std``), CBP
-    stepping with ``actor.optimizer``; every hidden layer of each ``critic.qf{i}``, stepping with
-    ``critic.optimizer``. ``critic_target`` gets no CBP: it follows the critic by Polyak averaging.
+    stepping with ``actor.optimizer`` (``policy.cbp["actor"]``); every hidden layer of each ``critic.qf{i}``
+    (sites ``critic0/l0`` ...), stepping with ``critic.optimizer`` (``policy.cbp["critic"]``). ``critic_target`` gets no CBP: it follows the critic by Polyak averaging.
 
     :param cbp: as for `CBPActorCriticPolicy` (so are ``shrink_perturb``, ``redo``, ``l2_init``).
     :param init: ``default`` (SB3's SAC: torch's nn.Linear init) or ``lecun``, ``kaiming``, ``xavier``.
@@ -161,8 +174,11 @@ class CBPSACPolicy(_PlasticityMixin, SACPolicy):
         if init != "default":
             self.critic_target.load_state_dict(self.critic.state_dict())
 
-    def _optimizer_of(self, network: str) -> torch.optim.Optimizer:
-        return self.actor.optimizer if network == "actor" else self.critic.optimizer
+    def _network_groups(self, networks: list[str]) -> dict[str, list[str]]:
+        return {"actor": ["actor"], "critic": [n for n in networks if n != "actor"]}
+
+    def _optimizer_of(self, group: str) -> torch.optim.Optimizer:
+        return self.actor.optimizer if group == "actor" else self.critic.optimizer
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return super()._get_constructor_parameters() | self._plasticity_constructor_parameters()

@@ -188,13 +188,17 @@ class ContinualBackprop(SiteIntervention):
         return self.states[self.names[index]]
 
     def _update_utilities(self, indices: list[int], features: list[torch.Tensor]) -> None:
+        magnitudes = iter(torch._foreach_abs([c.weight for i in indices for c in self._sites[i].consumers]))
         mean_activations, utilities, mean_h, mean_abs_h, out_magnitudes, scales = [], [], [], [], [], []
         for i, h in zip(indices, features):
-            site, state, shape = self._sites[i], self._state(i), self._shapes[i]
+            consumers, state, shape = self._sites[i].consumers, self._state(i), self._shapes[i]
             h = h.reshape(shape[0], -1, shape[1])
             mean_h.append(h.mean(1))
             mean_abs_h.append(mean_h[-1] if self._nonnegative[i] else h.abs().mean(1))
-            out_magnitudes.append(sum(c.weight.abs().sum(-2) for c in site.consumers).view(shape))
+            out_magnitude = next(magnitudes).sum(-2)
+            for _ in consumers[1:]:
+                out_magnitude += next(magnitudes).sum(-2)
+            out_magnitudes.append(out_magnitude.view(shape))
             mean_activations.append(state.mean_activation.view(shape))
             utilities.append(state.utility.view(shape))
             scales.append((1.0 - self.decay_rate) / self._out_rows[i])

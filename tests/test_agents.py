@@ -43,7 +43,7 @@ def sac(cbp=CBP, **kwargs):
 
 
 def replacements(model):
-    return {f"{net}/{site}": n for net, cbp in model.policy.cbp.items() for site, n in cbp.replacements().items()}
+    return {site: n for cbp in model.policy.cbp.values() for site, n in cbp.replacements().items()}
 
 
 def assert_rate(counts, updates):
@@ -123,7 +123,7 @@ def test_loaded_model_uses_trained_settings_and_predicts_without_env(tmp_path):
     model.learn(256)
     model.save(tmp_path / "m.zip")
     loaded = PPO.load(tmp_path / "m.zip", env=None, custom_objects={"policy_kwargs": dict(net_arch=[UNITS, UNITS], cbp={})})
-    assert loaded.policy.cbp["actor"].settings == model.policy.cbp["actor"].settings
+    assert loaded.policy.cbp["policy"].settings == model.policy.cbp["policy"].settings
     action, _ = loaded.predict(np.zeros(model.observation_space.shape, dtype=np.float32), deterministic=True)
     assert action.shape == model.action_space.shape
 
@@ -234,14 +234,15 @@ def test_comparison_methods_run_inside_ppo_and_reload(tmp_path, method, settings
     plain = ppo(cbp=None)
     model.learn(256, callback=UnitHealthCallback())
     plain.learn(256)
-    assert set(model.policy.plasticity) == {method} and set(model.policy.plasticity[method]) == {"actor", "critic"}
+    assert set(model.policy.plasticity) == {method} and set(model.policy.plasticity[method]) == {"policy"}
+    assert set(model.policy.plasticity[method]["policy"].names) == {"actor/l0", "actor/l1", "critic/l0", "critic/l1"}
     differs = [not torch.equal(a, b) for a, b in zip(model.policy.parameters(), plain.policy.parameters())]
     assert any(differs)
     if tag:
         assert tag in scalar_tags(tmp_path)
     model.save(tmp_path / "m.zip")
     loaded = PPO.load(tmp_path / "m.zip")
-    assert loaded.policy.plasticity[method]["actor"].settings == model.policy.plasticity[method]["actor"].settings
+    assert loaded.policy.plasticity[method]["policy"].settings == model.policy.plasticity[method]["policy"].settings
 
 
 RL_ZOO3_HYPERPARAMS = """
