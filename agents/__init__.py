@@ -2,7 +2,7 @@
 
 from .callbacks import FrictionCallback, UnitHealthCallback
 from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_schedule_states, schedule_states
-from .policies import METHODS, POLICY_INITS, CBPActorCriticPolicy, CBPSACPolicy, resolve_settings
+from .policies import METHODS, POLICY_INITS, CBPActorCriticPolicy, CBPSACPolicy, init_policy_, resolve_settings
 from .sites import network_parameters, policy_heads, policy_sites, probe_forward
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "METHODS",
     "POLICY_INITS",
     "resolve_settings",
+    "init_policy_",
     "UnitHealthCallback",
     "FrictionCallback",
     "RunCheckpointCallback",

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from stable_baselines3.common.policies import ActorCriticPolicy
+from stable_baselines3.common.policies import ActorCriticPolicy, BasePolicy
 from stable_baselines3.sac.policies import SACPolicy
 from torch import nn
 
@@ -46,6 +46,20 @@ def _check_policy_kwargs(init: str, kwargs: dict[str, Any]) -> None:
         )
 
 
+@torch.no_grad()
+def init_policy_(policy: BasePolicy, init: str) -> None:
+    """Re-initialize every hidden layer and head of a PPO or SAC policy with a uniform scheme and zero biases
+    (SAC's ``critic_target`` copies the new critic)."""
+    for network in policy_sites(policy).values():
+        for site in network.values():
+            init_linear_(site.producer, init, site.activation)
+    for heads in policy_heads(policy).values():
+        for head in heads.values():
+            init_linear_(head, init)
+    if isinstance(policy, SACPolicy):
+        policy.critic_target.load_state_dict(policy.critic.state_dict())
+
+
 class _PlasticityMixin:
     """Plasticity methods on every network of an SB3 policy: one module per method and optimizer, holding the
     sites of the networks that optimizer trains (named ``{network}/{layer}``), in ``self.plasticity[method][group]``."""
@@ -56,7 +70,7 @@ class _PlasticityMixin:
         self.init = init
         sites = policy_sites(self)
         if reinit_uniform:
-            self._apply_init(sites)
+            init_policy_(self, init)
         default_init = init if init != "orthogonal" else "kaiming"
         self.plasticity_settings = {method: resolve_settings(method, value, default_init) for method, value in methods.items()}
         groups = {
@@ -85,15 +99,6 @@ class _PlasticityMixin:
     def cbp(self) -> nn.ModuleDict | None:
         """The ContinualBackprop module of each optimizer (sites ``{network}/{layer}``), or None without CBP."""
         return self.plasticity["cbp"] if "cbp" in self.plasticity else None
-
-    @torch.no_grad()
-    def _apply_init(self, sites: dict) -> None:
-        for network in sites.values():
-            for site in network.values():
-                init_linear_(site.producer, self.init, site.activation)
-        for heads in policy_heads(self).values():
-            for head in heads.values():
-                init_linear_(head, self.init)
 
     def _optimizer_of(self, group: str) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -171,8 +176,6 @@ class CBPSACPolicy(_PlasticityMixin, SACPolicy):
             raise ValueError("init='orthogonal' is invalid for SAC: expected one of lecun, kaiming, xavier, default")
         super().__init__(*args, **kwargs)
         self._setup_plasticity(methods, init, reinit_uniform=init != "default")
-        if init != "default":
-            self.critic_target.load_state_dict(self.critic.state_dict())
 
     def _network_groups(self, networks: list[str]) -> dict[str, list[str]]:
         return {"actor": ["actor"], "critic": [n for n in networks if n != "actor"]}

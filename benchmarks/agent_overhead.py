@@ -4,10 +4,11 @@ Each variant is one model (seed 0, its own SlipperyAnt-v0 env seeded 0) built on
 every variant learns the same number of steps in turn (the order rotates each round). The table gives each variant's
 median steps/s and the median over rounds of its steps/s over plain's in the same round. The variants differ only in
 the policy class (and the callback); no logger output is written, but the health probe runs at its usual cadence.
+A second, identical plain model ("replica") shows the noise floor of the ratios on the machine at hand.
 
 Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 5] [--ppo-steps 2048] [--sac-steps 1000]
                                            [--maturity 100] [--threads N]
-Quick check (about 2 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
+Quick check (about 3 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
-from agents import METHODS, UnitHealthCallback
+from agents import METHODS, UnitHealthCallback, init_policy_
 from agents.config import ALGORITHMS, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -80,7 +81,8 @@ class Variant:
 
 
 def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
-    """A model on its own env of the config, seeded alike; plain uses SB3's MlpPolicy with the same network and Adam."""
+    """A model on its own env of the config, seeded alike; plain is SB3's MlpPolicy with the same network, init and
+    Adam, so that every variant starts from the same weights (and takes the same steps until CBP first acts)."""
     config = cbp_config(algo, maturity)
     env = make_env(config)
     if with_cbp:
@@ -90,6 +92,8 @@ def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
         if algo == "ppo":
             kwargs["ortho_init"] = False
         model = ALGORITHMS[algo]("MlpPolicy", env, seed=SEED, device="cpu", policy_kwargs=kwargs, **config.algo_kwargs)
+        if config.policy.init not in ("orthogonal", "default"):
+            init_policy_(model.policy, config.policy.init)
     model.set_logger(Logger(folder=None, output_formats=[]))  # records in memory, writes nothing
     return model
 
@@ -98,6 +102,7 @@ def make_variants(algo: str, maturity: int) -> list[Variant]:
     health = CountingHealthCallback(log_every=SAC_LOG_EVERY)
     return [
         Variant("plain MlpPolicy", build(algo, False, maturity), None, []),
+        Variant("plain MlpPolicy, replica", build(algo, False, maturity), None, []),
         Variant("CBP", build(algo, True, maturity), None, []),
         Variant("CBP + UnitHealthCallback", build(algo, True, maturity), health, []),
     ]
@@ -162,7 +167,7 @@ def main() -> None:
         steps = args.ppo_steps if algo == "ppo" else args.sac_steps
         start = time.perf_counter()
         results[algo] = run(algo, args.rounds, steps, args.maturity)
-        print(f"[{algo}: {args.rounds} rounds x {steps} steps x 3 variants in {time.perf_counter() - start:.0f} s]")
+        print(f"[{algo}: {args.rounds} rounds x {steps} steps x 4 variants in {time.perf_counter() - start:.0f} s]")
 
     machine = platform.processor() or platform.machine()
     print(

@@ -1,5 +1,9 @@
 """Cost of CBP per optimizer step and of one unit-health probe, on a PPO-sized actor-critic MLP pair.
 
+One network pair is trained throughout; rounds alternate between CBP switched off (detached from the optimizer,
+not recording) and on, so both columns time the same weights and optimizer state (two separately trained copies
+drift apart numerically, e.g. in how many Adam moments decay into slow denormal floats).
+
 Usage: python benchmarks/cbp_overhead.py [--steps 2000] [--rounds 7] [--threads N]
 """
 
@@ -22,16 +26,23 @@ def mlp(out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(OBS, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, out))
 
 
-def make_setup(with_cbp: bool):
+def make_setup():
     torch.manual_seed(0)
     actor, critic = mlp(ACT), mlp(1)
     optimizer = torch.optim.Adam([*actor.parameters(), *critic.parameters()], lr=1e-4, betas=(0.99, 0.99))
-    cbp = None
-    if with_cbp:
-        sites = {f"actor_{k}": s for k, s in ContinualBackprop.from_sequential(actor).sites.items()}
-        sites |= {f"critic_{k}": s for k, s in ContinualBackprop.from_sequential(critic).sites.items()}
-        cbp = ContinualBackprop(sites, optimizer, replacement_rate=1e-4, maturity_threshold=100)
+    sites = {f"actor_{k}": s for k, s in ContinualBackprop.from_sequential(actor).sites.items()}
+    sites |= {f"critic_{k}": s for k, s in ContinualBackprop.from_sequential(critic).sites.items()}
+    cbp = ContinualBackprop(sites, optimizer, replacement_rate=1e-4, maturity_threshold=100)
     return actor, critic, optimizer, cbp
+
+
+def switch_cbp(setup, on: bool) -> None:
+    _, _, optimizer, cbp = setup
+    cbp.record_features(on)
+    if on:
+        cbp.attach(optimizer)
+    else:
+        cbp.detach()
 
 
 def time_updates(setup, steps: int) -> float:
@@ -46,9 +57,9 @@ def time_updates(setup, steps: int) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def time_probe(setup, repeats: int) -> float:
+def time_probe(setup, repeats: int, observations: int) -> float:
     actor, critic, _, cbp = setup
-    obs = torch.randn(PROBE_BATCH, OBS)
+    obs = torch.randn(observations, OBS)
     start = time.perf_counter()
     for _ in range(repeats):
         probe(lambda: (actor(obs), critic(obs)), cbp.sites, "health/")
@@ -62,13 +73,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    plain, with_cbp = make_setup(False), make_setup(True)
-    time_updates(plain, 200), time_updates(with_cbp, 200)
-    plain_ms, cbp_ms, probe_ms = [], [], []
+    setup = make_setup()
+    time_updates(setup, 200)
+    plain_ms, cbp_ms, probe_ms, small_probe_ms = [], [], [], []
     for _ in range(args.rounds):
-        plain_ms.append(time_updates(plain, args.steps))
-        cbp_ms.append(time_updates(with_cbp, args.steps))
-        probe_ms.append(time_probe(with_cbp, 10))
+        switch_cbp(setup, False)
+        plain_ms.append(time_updates(setup, args.steps))
+        switch_cbp(setup, True)
+        cbp_ms.append(time_updates(setup, args.steps))
+        probe_ms.append(time_probe(setup, 10, PROBE_BATCH))
+        small_probe_ms.append(time_probe(setup, 10, PROBE_BATCH // 2))
     p, c = statistics.median(plain_ms), statistics.median(cbp_ms)
     overheads = [b - a for a, b in zip(plain_ms, cbp_ms)]
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
@@ -76,8 +90,9 @@ def main() -> None:
     print(f"{'update (fwd+bwd+Adam)':<34}{p:8.3f} ms/step")
     print(f"{'update + CBP (4 sites)':<34}{c:8.3f} ms/step")
     print(f"{'CBP overhead (median of pairs)':<34}{statistics.median(overheads):8.3f} ms/step  ({c / p:.3f}x)")
-    print(f"{'health probe, 4 sites, 2048 obs':<34}{statistics.median(probe_ms):8.3f} ms/probe")
-    print(f"replacements during the benchmark: {with_cbp[3].replacements()}")
+    print(f"{f'health probe, 4 sites, {PROBE_BATCH} obs':<34}{statistics.median(probe_ms):8.3f} ms/probe")
+    print(f"{f'health probe, 4 sites, {PROBE_BATCH // 2} obs':<34}{statistics.median(small_probe_ms):8.3f} ms/probe")
+    print(f"replacements during the benchmark: {setup[3].replacements()}")
 
 
 if __name__ == "__main__":

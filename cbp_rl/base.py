@@ -82,12 +82,12 @@ class SiteIntervention(nn.Module):
         """Attach (or remove) the forward hooks that record the sites' activations."""
         for handle in self._feature_hooks:
             handle.remove()
-        self._feature_hooks = []
-        self._features = [None] * len(self._sites)
+        self._feature_hooks.clear()
+        self._features[:] = [None] * len(self._sites)
         if enabled and self._needs_features:
-            self._feature_hooks = [
+            self._feature_hooks.extend(
                 site.activation.register_forward_hook(self._recorder(i)) for i, site in enumerate(self._sites)
-            ]
+            )
 
     @property
     def recording(self) -> bool:
@@ -102,7 +102,8 @@ class SiteIntervention(nn.Module):
 
     def take_features(self) -> list[torch.Tensor | None]:
         """The activations recorded since the last call (None for sites not run with gradients since)."""
-        features, self._features = self._features, [None] * len(self._sites)
+        features = self._features[:]
+        self._features[:] = [None] * len(features)
         return features
 
     def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:

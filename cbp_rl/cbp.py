@@ -15,29 +15,61 @@ from .sites import Site, reinitialize_units, sequential_sites
 
 FRACTIONAL_MODES = ("accumulate", "bernoulli")
 _NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus)
+_MARGIN = 1e-12  # an accumulator this close below a whole number counts as reaching it
 
 
-@dataclass
 class _HostCounters:
-    """Host mirror of a site's integer state, ``[members, ...]``: stepping it needs no device sync."""
+    """Host mirror of a site's integer state, per member ``[members, ...]``: stepping it needs no device sync.
 
-    age: np.ndarray
-    accumulator: np.ndarray
-    replaced: np.ndarray
-    mature: np.ndarray | None = None  # units past maturity, per member; None: count again
-    steps_until_recount: int = 0  # steps until the oldest immature unit matures
+    Units store their birth step, so aging is one increment. The fractional accumulator grows by
+    ``expected = replacement_rate × #mature`` per step; it is brought up to date only at events (a unit
+    can mature, a replacement is due), so steps between events cost nothing.
+    """
 
-    def age_one_step(self) -> None:
-        self.age += 1
-        self.steps_until_recount -= 1
+    def __init__(self, age: np.ndarray, accumulator: np.ndarray, replaced: np.ndarray) -> None:
+        self.steps = 0
+        self.birth = -age
+        self.accumulator, self.replaced = accumulator, replaced
+        self.synced = 0  # the step the accumulator is up to date with
+        self.expected = np.zeros_like(accumulator)
+        self.mature = np.zeros_like(replaced)
+        self.next_recount = 0  # the step at which the oldest immature unit matures
+        self.next_event = 0
 
-    def mature_units(self, maturity_threshold: int) -> np.ndarray:
-        """Units older than the threshold, per member; recounted only when some unit can have crossed it."""
-        if self.mature is None or self.steps_until_recount <= 0:
-            young = self.age <= maturity_threshold
-            self.mature = self.age.shape[1] - np.count_nonzero(young, axis=1)
-            self.steps_until_recount = int(maturity_threshold + 1 - self.age[young].max()) if young.any() else 1 << 62
-        return self.mature
+    def ages(self) -> np.ndarray:
+        return self.steps - self.birth
+
+    def accumulate_until(self, step: int) -> None:
+        self.accumulator += (step - self.synced) * self.expected
+        self.synced = step
+
+    def current_accumulator(self) -> np.ndarray:
+        return self.accumulator + (self.steps - self.synced) * self.expected
+
+    def recount_mature(self, maturity_threshold: int, replacement_rate: float) -> None:
+        ages = self.ages()
+        young = ages <= maturity_threshold
+        self.mature = ages.shape[1] - np.count_nonzero(young, axis=1)
+        self.expected = replacement_rate * self.mature
+        self.next_recount = self.steps + int(maturity_threshold + 1 - ages[young].max()) if young.any() else 1 << 62
+
+    def record_births(self, units: list[np.ndarray], maturity_threshold: int, replacement_rate: float) -> None:
+        """Each member's ``units`` were replaced (are age 0) now."""
+        for member, index in enumerate(units):
+            self.birth[member, index] = self.steps
+        count = np.array([len(index) for index in units])
+        self.replaced += count
+        self.mature -= count
+        self.expected = replacement_rate * self.mature
+        self.next_recount = min(self.next_recount, self.steps + maturity_threshold + 1)
+
+    def steps_until_whole(self, margin: float) -> int:
+        """Steps until some member's accumulator reaches a whole unit to replace."""
+        growing = self.expected > 0
+        if not growing.any():
+            return 1 << 62
+        needed = (1.0 - margin - self.accumulator[growing]) / self.expected[growing]
+        return max(1, int(np.ceil(needed.min())))
 
 
 class _SiteState(nn.Module):
@@ -60,13 +92,15 @@ class _SiteState(nn.Module):
     @staticmethod
     @torch.no_grad()
     def _write_host_counters(module: _SiteState, prefix: str, keep_vars: bool) -> None:
-        for name in ("age", "accumulator", "replaced"):
+        host = module.host
+        values = {"age": host.ages(), "accumulator": host.current_accumulator(), "replaced": host.replaced}
+        for name, value in values.items():
             buffer = getattr(module, name)
-            buffer.copy_(torch.from_numpy(getattr(module.host, name)).view(buffer.shape))
+            buffer.copy_(torch.from_numpy(value).view(buffer.shape))
 
     @staticmethod
     def _read_host_counters(module: _SiteState, incompatible_keys: object) -> None:
-        members = module.host.age.shape[0]
+        members = module.host.birth.shape[0]
         host = [getattr(module, name).cpu().numpy().reshape(members, -1).copy() for name in ("age", "accumulator", "replaced")]
         module.host = _HostCounters(host[0], host[1][:, 0], host[2][:, 0])
 
@@ -117,7 +151,8 @@ class ContinualBackprop(SiteIntervention):
     ) -> None:
         super().__init__(sites, optimizer)
         self.states = nn.ModuleDict({name: _SiteState(site) for name, site in self.sites.items()})
-        self._shapes = [(s.members, s.units) for s in self._sites]
+        self._site_states = list(self.states.values())
+        self._batched_dims = [len(s.member_shape) + 2 for s in self._sites]
         self._out_rows = [sum(c.weight.shape[-2] for c in s.consumers) for s in self._sites]
         self._nonnegative = [isinstance(s.activation, _NONNEGATIVE_ACTIVATIONS) for s in self._sites]
         self.configure(
@@ -141,15 +176,42 @@ class ContinualBackprop(SiteIntervention):
     ) -> None:
         """Set every hyperparameter (see the class docstring)."""
         _check_settings(replacement_rate, maturity_threshold, decay_rate, fractional)
-        self.replacement_rate = float(replacement_rate)
-        self.maturity_threshold = int(maturity_threshold)
         self.decay_rate = float(decay_rate)
         self.init = check_init(init)
         self.fractional = fractional
         self.reset_optimizer_state = bool(reset_optimizer_state)
         self._bounds = [uniform_bound(init, s.producer, s.activation) for s in self._sites]
-        for state in self.states.values():
-            state.host.mature = None
+        self._scales = [(1.0 - self.decay_rate) / rows for rows in self._out_rows]
+        self._replacement_rate = float(replacement_rate)
+        self.maturity_threshold = int(maturity_threshold)
+
+    @property
+    def replacement_rate(self) -> float:
+        return self._replacement_rate
+
+    @replacement_rate.setter
+    def replacement_rate(self, value: float) -> None:
+        _check_settings(value, self.maturity_threshold, self.decay_rate, self.fractional)
+        self._replacement_rate = float(value)
+        self._reschedule()
+
+    @property
+    def maturity_threshold(self) -> int:
+        return self._maturity_threshold
+
+    @maturity_threshold.setter
+    def maturity_threshold(self, value: int) -> None:
+        _check_settings(self.replacement_rate, value, self.decay_rate, self.fractional)
+        self._maturity_threshold = int(value)
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        """Count mature units again at every site's next step (the settings the schedule came from changed)."""
+        for state in self._site_states:
+            host = state.host
+            host.accumulate_until(host.steps)
+            host.expected = self.replacement_rate * host.mature
+            host.next_recount = host.next_event = host.steps + 1
 
     @property
     def settings(self) -> dict[str, float | int | str | bool]:
@@ -179,78 +241,82 @@ class ContinualBackprop(SiteIntervention):
         self._update_utilities(fresh, [features[i] for i in fresh])
         if self.replacement_rate == 0:
             return
-        counts = [(i, self._count_replacements(i)) for i in fresh]
-        for i, count in counts:
-            if count.any():
-                self._replace(i, count)
-
-    def _state(self, index: int) -> _SiteState:
-        return self.states[self.names[index]]
+        for i in fresh:
+            host = self._site_states[i].host
+            if host.steps >= host.next_event:
+                self._generate_and_test(i)
 
     def _update_utilities(self, indices: list[int], features: list[torch.Tensor]) -> None:
         magnitudes = iter(torch._foreach_abs([c.weight for i in indices for c in self._sites[i].consumers]))
         mean_activations, utilities, mean_h, mean_abs_h, out_magnitudes, scales = [], [], [], [], [], []
         for i, h in zip(indices, features):
-            consumers, state, shape = self._sites[i].consumers, self._state(i), self._shapes[i]
-            h = h.reshape(shape[0], -1, shape[1])
-            mean_h.append(h.mean(1))
-            mean_abs_h.append(mean_h[-1] if self._nonnegative[i] else h.abs().mean(1))
-            out_magnitude = next(magnitudes).sum(-2)
-            for _ in consumers[1:]:
-                out_magnitude += next(magnitudes).sum(-2)
-            out_magnitudes.append(out_magnitude.view(shape))
-            mean_activations.append(state.mean_activation.view(shape))
-            utilities.append(state.utility.view(shape))
-            scales.append((1.0 - self.decay_rate) / self._out_rows[i])
-            state.host.age_one_step()
+            site, state = self._sites[i], self._site_states[i]
+            if h.dim() != self._batched_dims[i]:
+                h = h.reshape(*site.member_shape, -1, h.shape[-1])
+            mean_h.append(h.mean(-2))
+            mean_abs_h.append(mean_h[-1] if self._nonnegative[i] else h.abs().mean(-2))
+            out_magnitudes.append(next(magnitudes).sum(-2))
+            for _ in site.consumers[1:]:
+                out_magnitudes[-1] += next(magnitudes).sum(-2)
+            mean_activations.append(state.mean_activation)
+            utilities.append(state.utility)
+            scales.append(self._scales[i])
+            state.host.steps += 1
         torch._foreach_lerp_(mean_activations, mean_h, 1.0 - self.decay_rate)
-        torch._foreach_mul_(utilities, self.decay_rate)
+        # a 0-dim tensor factor: CPU foreach ops wrap a Python scalar per tensor, several times slower
+        torch._foreach_mul_(utilities, torch.full((), self.decay_rate, dtype=utilities[0].dtype, device=utilities[0].device))
         torch._foreach_addcmul_(utilities, out_magnitudes, mean_abs_h, scales)
 
-    def _count_replacements(self, index: int) -> np.ndarray:
-        """Units to replace now in each member of the site."""
-        host = self._state(index).host
-        mature = host.mature_units(self.maturity_threshold)
-        expected = self.replacement_rate * mature
+    def _generate_and_test(self, index: int) -> None:
+        """Replace the units due now in each member of the site and schedule its next event."""
+        host = self._site_states[index].host
+        count = self._count_replacements(host)
+        if count.any():
+            self._replace(index, count)
         if self.fractional == "accumulate":
-            host.accumulator += expected
-            count = np.floor(host.accumulator + 1e-12).astype(np.int64)
+            host.next_event = host.steps + min(host.next_recount - host.steps, host.steps_until_whole(_MARGIN))
+        else:
+            host.next_event = host.steps + 1
+
+    def _count_replacements(self, host: _HostCounters) -> np.ndarray:
+        """Units to replace now in each member of a site."""
+        host.accumulate_until(host.steps - 1)
+        if host.steps >= host.next_recount:
+            host.recount_mature(self.maturity_threshold, self.replacement_rate)
+        if self.fractional == "accumulate":
+            host.accumulate_until(host.steps)
+            count = np.floor(host.accumulator + _MARGIN).astype(np.int64)
             host.accumulator -= count
         else:
-            count = np.floor(expected).astype(np.int64)
-            count += torch.rand(len(expected)).numpy() < expected - count
-        return np.minimum(count, mature)
+            host.synced = host.steps
+            count = np.floor(host.expected).astype(np.int64)
+            count += torch.rand(len(count)).numpy() < host.expected - count
+        return np.minimum(count, host.mature)
 
     def _replace(self, index: int, count: np.ndarray) -> None:
-        site, state = self._sites[index], self._state(index)
+        site, state = self._sites[index], self._site_states[index]
         utility = state.utility.view(site.members, site.units)
-        age = torch.from_numpy(state.host.age).to(utility.device)
+        mean_activation = state.mean_activation.view(site.members, site.units)
+        age = torch.from_numpy(state.host.ages()).to(utility.device)
         correction = 1.0 - torch.pow(self.decay_rate, age.to(utility.dtype))
         score = torch.where(age > self.maturity_threshold, utility / correction, torch.inf)
-        picks = int(count.max())
-        units = torch.topk(score, picks, largest=False).indices
-        uneven = np.arange(picks) < count[:, None]
-        mask = None if uneven.all() else torch.from_numpy(uneven).to(utility.device)
-        mean_activation = state.mean_activation.view(site.members, site.units)
-        reinitialize_units(
-            site, units, self._bounds[index], mask,
-            mean_contribution=mean_activation.gather(1, units) / correction.gather(1, units),
-            optimizer=self.optimizer if self.reset_optimizer_state else None,
-        )
-        for buffer in (utility, mean_activation):
-            buffer.scatter_(1, units, buffer.gather(1, units) * (0 if mask is None else ~mask))
-        picked = units.cpu().numpy()
-        np.put_along_axis(state.host.age, picked, np.where(uneven, 0, np.take_along_axis(state.host.age, picked, 1)), 1)
-        state.host.replaced += count
-        state.host.mature = None
+        lowest = torch.topk(score, int(count.max()), largest=False).indices
+        units = [lowest[member, :n] for member, n in enumerate(count.tolist())]
+        contribution = [mean_activation[m, u] / correction[m, u] for m, u in enumerate(units)]
+        optimizer = self.optimizer if self.reset_optimizer_state else None
+        reinitialize_units(site, units, self._bounds[index], contribution, optimizer)
+        for member, unit in enumerate(units):
+            utility[member].index_fill_(0, unit, 0.0)
+            mean_activation[member].index_fill_(0, unit, 0.0)
+        state.host.record_births([u.cpu().numpy() for u in units], self.maturity_threshold, self.replacement_rate)
 
     def replacements(self) -> dict[str, int]:
         """Cumulative number of replaced units per site (summed over members)."""
-        return {name: int(self.states[name].host.replaced.sum()) for name in self.names}
+        return {name: int(state.host.replaced.sum()) for name, state in self.states.items()}
 
     def ages(self) -> dict[str, np.ndarray]:
         """Age (optimizer steps since birth) of every unit, per site, shaped like the site's units."""
-        return {name: self.states[name].host.age.reshape(self.states[name].age.shape).copy() for name in self.names}
+        return {name: state.host.ages().reshape(state.age.shape) for name, state in self.states.items()}
 
     @torch.no_grad()
     def utilities(self) -> dict[str, torch.Tensor]:

@@ -34,8 +34,15 @@ def singular_values(features: torch.Tensor) -> torch.Tensor:
     Computed from the eigenvalues of the smaller Gram matrix in float32, which is several times faster than
     an SVD; values below ``sqrt(n·ε)·σ_max`` are within its rounding error and are returned as 0.
     """
+    return _singular_values_from_gram(_gram(features))
+
+
+def _gram(features: torch.Tensor) -> torch.Tensor:
     h = features.detach().float()
-    gram = h.mT @ h if h.shape[-2] >= h.shape[-1] else h @ h.mT
+    return h.mT @ h if h.shape[-2] >= h.shape[-1] else h @ h.mT
+
+
+def _singular_values_from_gram(gram: torch.Tensor) -> torch.Tensor:
     eigenvalues = torch.linalg.eigvalsh(gram).flip(-1)
     floor = gram.shape[-1] * torch.finfo(torch.float32).eps * eigenvalues[..., :1]
     return torch.where(eigenvalues > floor, eigenvalues, 0.0).sqrt()
@@ -88,13 +95,14 @@ def site_health(features: torch.Tensor, site: Site, sigma: torch.Tensor | None =
 
 
 def _stacked_singular_values(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Singular values of several sites, one batched eigendecomposition per feature shape."""
+    """Singular values of several sites, one batched eigendecomposition per Gram-matrix shape."""
+    grams = {name: _gram(h) for name, h in features.items()}
     by_shape: dict[tuple[int, ...], list[str]] = {}
-    for name, h in features.items():
-        by_shape.setdefault(tuple(h.shape), []).append(name)
+    for name, gram in grams.items():
+        by_shape.setdefault(tuple(gram.shape), []).append(name)
     sigma = {}
     for names in by_shape.values():
-        sigma.update(zip(names, singular_values(torch.stack([features[n] for n in names]))))
+        sigma.update(zip(names, _singular_values_from_gram(torch.stack([grams[n] for n in names]))))
     return sigma
 
 

@@ -159,9 +159,8 @@ class ReDo(SiteIntervention):
             magnitude = h.reshape(site.members, -1, site.units).abs().mean(1)
             score = magnitude / magnitude.mean(1, keepdim=True).clamp_min(torch.finfo(magnitude.dtype).tiny)
             dormant = score <= self.tau
-            units = torch.arange(site.units, device=h.device).expand(site.members, -1)
-            reinitialize_units(site, units, self._bounds[i], dormant,
-                               optimizer=self.optimizer if self.reset_optimizer_state else None)
+            units = [torch.nonzero(member).flatten() for member in dormant]
+            reinitialize_units(site, units, self._bounds[i], optimizer=self.optimizer if self.reset_optimizer_state else None)
             self.resets[i] += dormant.sum()
 
     def replacements(self) -> dict[str, int]:

@@ -109,79 +109,55 @@ def sequential_sites(net: nn.Sequential, heads: Sequence[nn.Module] = ()) -> dic
     return {f"l{i}": Site(linears[i], activations[i], consumers[i]) for i in range(len(activations))}
 
 
-def _assign(target: torch.Tensor, dim: int, units: torch.Tensor, values: torch.Tensor | float, mask: torch.Tensor | None) -> None:
-    """``target[m, ..., units[m, j], ...] = values`` along ``dim`` for every member ``m`` and pick ``j`` kept by ``mask``."""
-    shape = list(target.shape)
-    shape[dim] = units.shape[1]
-    index = units.view(units.shape[0], *([1] * (dim - 1)), units.shape[1], *([1] * (target.dim() - dim - 1))).expand(shape)
-    values = torch.as_tensor(values, dtype=target.dtype, device=target.device).expand(shape)
-    if mask is not None:
-        mask = mask.view(index.shape[0], *([1] * (dim - 1)), mask.shape[1], *([1] * (target.dim() - dim - 1)))
-        values = torch.where(mask, values, target.gather(dim, index))
-    target.scatter_(dim, index, values)
-
-
 @torch.no_grad()
 def reinitialize_units(
     site: Site,
-    units: torch.Tensor,
+    units: Sequence[torch.Tensor],
     bound: float,
-    mask: torch.Tensor | None = None,
-    mean_contribution: torch.Tensor | None = None,
+    mean_contribution: Sequence[torch.Tensor] | None = None,
     optimizer: torch.optim.Optimizer | None = None,
 ) -> None:
     """Give units of a site fresh input weights ~ U(-bound, bound), zero input bias and zero outgoing weights.
 
-    :param units: ``[members, k]`` unit indices per member.
-    :param mask: ``[members, k]``; False entries are left alone (members replacing fewer than ``k`` units).
-    :param mean_contribution: ``[members, k]`` mean activation of the old units, added to the consumers' biases
-        through their outgoing weights so the layer's mean output is unchanged.
+    :param units: per member, the 1-D indices of its units to re-initialize (any number, possibly none).
+    :param mean_contribution: per member, the mean activation of those old units, added to the consumers'
+        biases through their outgoing weights so the layer's mean output is unchanged.
     :param optimizer: if given, its state of the touched rows/columns is reset: first moments to 0, second
         moments to the mean of the rest of the member's tensor (so new units' first steps are no larger).
     """
-    members, picks = units.shape
+    members, width = site.members, site.units
     producer = site.producer
-    weight = producer.weight.view(members, site.units, -1)
-    fresh = torch.empty(members, picks, weight.shape[-1], dtype=weight.dtype, device=weight.device).uniform_(-bound, bound)
-    _assign(weight, 1, units, fresh, mask)
-    touched = [(producer.weight, weight.shape, 1)]
+    weight = producer.weight.view(members, width, -1)
+    touched = [(producer.weight, weight.shape, 0)]
     if producer.bias is not None:
-        _assign(producer.bias.view(members, site.units), 1, units, 0.0, mask)
-        touched.append((producer.bias, (members, site.units), 1))
-    for consumer in site.consumers:
-        out_weight = consumer.weight.view(members, -1, site.units)
-        if consumer.bias is not None and mean_contribution is not None:
-            outgoing = out_weight.gather(2, units.unsqueeze(1).expand(-1, out_weight.shape[1], -1))
-            contribution = mean_contribution if mask is None else mean_contribution * mask
-            consumer.bias.view(members, -1).add_((outgoing * contribution.unsqueeze(1)).sum(-1))
-        _assign(out_weight, 2, units, 0.0, mask)
-        touched.append((consumer.weight, out_weight.shape, 2))
-    if optimizer is not None:
-        for param, shape, dim in touched:
-            _reset_moments(optimizer.state.get(param, {}), param, shape, dim, units, mask)
+        touched.append((producer.bias, (members, width), 0))
+    touched += [(consumer.weight, (members, -1, width), 1) for consumer in site.consumers]
+    for member, index in enumerate(units):
+        if len(index) == 0:
+            continue
+        fresh = torch.empty(len(index), weight.shape[-1], dtype=weight.dtype, device=weight.device)
+        weight[member].index_copy_(0, index, fresh.uniform_(-bound, bound))
+        if producer.bias is not None:
+            producer.bias.view(members, width)[member].index_fill_(0, index, 0.0)
+        for consumer in site.consumers:
+            outgoing = consumer.weight.view(members, -1, width)[member]
+            if consumer.bias is not None and mean_contribution is not None:
+                consumer.bias.view(members, -1)[member].add_(outgoing.index_select(1, index) @ mean_contribution[member])
+            outgoing.index_fill_(1, index, 0.0)
+        if optimizer is not None:
+            for param, shape, dim in touched:
+                _reset_moments(optimizer.state.get(param, {}), param, shape, member, dim, index)
 
 
-def _reset_moments(
-    state: dict, param: torch.Tensor, shape: torch.Size, dim: int, units: torch.Tensor, mask: torch.Tensor | None
-) -> None:
+def _reset_moments(state: dict, param: torch.Tensor, shape: Sequence[int], member: int, dim: int, index: torch.Tensor) -> None:
+    """Zero the first moments of the touched slices of one member; set its second moments to the mean of the rest."""
     for key, moment in state.items():
         if not torch.is_tensor(moment) or moment.shape != param.shape:
             continue
-        view = moment.view(shape)
+        view = moment.view(shape)[member]
         if key in _FIRST_MOMENTS:
-            _assign(view, dim, units, 0.0, mask)
+            view.index_fill_(dim, index, 0.0)
         elif key in _SECOND_MOMENTS:
-            _assign(view, dim, units, _mean_of_untouched(view, dim, units, mask), mask)
-
-
-def _mean_of_untouched(moment: torch.Tensor, dim: int, units: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Per member, the mean of the entries outside the replaced slices, shaped to broadcast over ``moment``."""
-    members, width = moment.shape[0], moment.shape[dim]
-    per_slice = moment.numel() // (members * width)
-    replaced = torch.zeros(members, width, dtype=moment.dtype, device=moment.device)
-    replaced.scatter_(1, units, 1.0 if mask is None else mask.to(moment.dtype))
-    other_dims = [d for d in range(1, moment.dim()) if d != dim]
-    slice_sums = moment.sum(dim=other_dims) if other_dims else moment
-    kept_sum = (slice_sums * (1 - replaced)).sum(1)
-    kept_entries = ((width - replaced.sum(1)) * per_slice).clamp_min(1)
-    return (kept_sum / kept_entries).view(members, *([1] * (moment.dim() - 1)))
+            touched = view.index_select(dim, index)
+            untouched = (view.numel() - touched.numel()) or 1
+            view.index_fill_(dim, index, (view.sum() - touched.sum()) / untouched)

@@ -22,6 +22,7 @@ from agents import (
     FrictionCallback,
     RunCheckpointCallback,
     UnitHealthCallback,
+    init_policy_,
     list_checkpoints,
     policy_sites,
 )
@@ -81,6 +82,20 @@ def test_cbp_none_is_plain_backprop_on_the_same_network():
     model.learn(256)
     assert model.policy.cbp is None
     assert [p.shape for p in model.policy.parameters()] == [p.shape for p in ppo().policy.parameters()]
+
+
+@pytest.mark.parametrize("algo, policy_class, plain_kwargs", [
+    (PPO, CBPActorCriticPolicy, dict(ortho_init=False)),
+    (SAC, CBPSACPolicy, {}),
+])
+def test_init_policy_gives_a_plain_policy_the_cbp_class_weights(algo, policy_class, plain_kwargs):
+    """Same seed and init: an MlpPolicy starts from exactly the CBP class's weights (SAC's target included)."""
+    env = make_vec_env("SlipperyHopper-v0", seed=0)
+    cbp = algo(policy_class, env, seed=0, policy_kwargs=dict(net_arch=[UNITS, UNITS], cbp=CBP, init="xavier"))
+    plain = algo("MlpPolicy", env, seed=0, policy_kwargs=dict(net_arch=[UNITS, UNITS], **plain_kwargs))
+    init_policy_(plain.policy, "xavier")
+    cbp_state = cbp.policy.state_dict()
+    assert all(torch.equal(value, cbp_state[key]) for key, value in plain.policy.state_dict().items())
 
 
 def test_rollouts_and_evaluation_never_feed_cbp():

@@ -1,0 +1,33 @@
+"""The speed benchmarks run end to end and print their numbers (tiny sizes; the timings themselves are not tested)."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run(script, *args):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_cbp_overhead_times_the_same_network_with_cbp_off_and_on():
+    out = run("cbp_overhead.py", "--steps", "20", "--rounds", "1", "--threads", "1")
+    assert "CBP overhead (median of pairs)" in out and "health probe, 4 sites, 1024 obs" in out
+    replacements = ast.literal_eval(out.split("replacements during the benchmark: ")[1])
+    assert set(replacements) == {"actor_l0", "actor_l1", "critic_l0", "critic_l1"} and min(replacements.values()) > 0
+
+
+@pytest.mark.slow
+def test_agent_overhead_prints_every_variant_with_replacements():
+    out = run("agent_overhead.py", "--algo", "ppo", "--rounds", "1", "--ppo-steps", "64", "--threads", "1")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| PPO |")]
+    assert [row[2].strip() for row in rows] == [
+        "plain MlpPolicy", "plain MlpPolicy, replica", "CBP", "CBP + UnitHealthCallback"
+    ]
+    assert [int(row[5]) for row in rows][2:] == [int(rows[2][5])] * 2 and int(rows[2][5]) > 0
