@@ -63,12 +63,12 @@ class _HostCounters:
         self.expected = replacement_rate * self.mature
         self.next_recount = min(self.next_recount, self.steps + maturity_threshold + 1)
 
-    def steps_until_whole(self, margin: float) -> int:
+    def steps_until_whole(self) -> int:
         """Steps until some member's accumulator reaches a whole unit to replace."""
         growing = self.expected > 0
         if not growing.any():
             return 1 << 62
-        needed = (1.0 - margin - self.accumulator[growing]) / self.expected[growing]
+        needed = (1.0 - _MARGIN - self.accumulator[growing]) / self.expected[growing]
         return max(1, int(np.ceil(needed.min())))
 
 
@@ -274,7 +274,7 @@ class ContinualBackprop(SiteIntervention):
         if count.any():
             self._replace(index, count)
         if self.fractional == "accumulate":
-            host.next_event = host.steps + min(host.next_recount - host.steps, host.steps_until_whole(_MARGIN))
+            host.next_event = host.steps + min(host.next_recount - host.steps, host.steps_until_whole())
         else:
             host.next_event = host.steps + 1
 
