@@ -90,6 +90,7 @@ class _PlasticityMixin:
                 if settings is not None
             }
         )
+        self._plasticity_modules = [(group, module) for modules in self.plasticity.values() for group, module in modules.items()]
 
     def _network_groups(self, networks: list[str]) -> dict[str, list[str]]:
         """The networks each optimizer trains, by optimizer name."""
@@ -106,12 +107,11 @@ class _PlasticityMixin:
     def set_training_mode(self, mode: bool) -> None:
         """Also switch activation recording: on while training, off for rollouts and evaluation."""
         super().set_training_mode(mode)
-        for modules in self.plasticity.values():
-            for name, module in modules.items():
-                if module.recording != mode:
-                    module.record_features(mode)
-                optimizer = self._optimizer_of(name)
-                if mode and not module.is_attached(optimizer):
+        for group, module in self._plasticity_modules:
+            module.record_features(mode)
+            if mode:
+                optimizer = self._optimizer_of(group)
+                if not module.is_attached(optimizer):
                     module.attach(optimizer)
 
     def _plasticity_constructor_parameters(self) -> dict[str, Any]:

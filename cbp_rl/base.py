@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -37,11 +38,11 @@ class SiteIntervention(nn.Module):
         self.names = list(named)
         self._needs_features = record
         self._features: list[torch.Tensor | None] = [None] * len(self._sites)
-        self._feature_hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._recorders = [self._register_recorder(i) for i in range(len(self._sites))] if record else []
+        self._recording = bool(record)
         self._step_hook: torch.utils.hooks.RemovableHandle | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.register_load_state_dict_pre_hook(SiteIntervention._start_fresh_if_absent)
-        self.record_features(True)
         if optimizer is not None:
             self.attach(optimizer)
 
@@ -78,27 +79,34 @@ class SiteIntervention(nn.Module):
         hooks = optimizer._optimizer_step_post_hooks if self.when == "post" else optimizer._optimizer_step_pre_hooks
         return self.optimizer is optimizer and self._step_hook is not None and self._step_hook.id in hooks
 
+    def _register_recorder(self, index: int) -> tuple[dict, int, Callable]:
+        activation, hook = self._sites[index].activation, functools.partial(self._record, index)
+        return activation._forward_hooks, activation.register_forward_hook(hook).id, hook
+
     def record_features(self, enabled: bool) -> None:
-        """Attach (or remove) the forward hooks that record the sites' activations."""
-        for handle in self._feature_hooks:
-            handle.remove()
-        self._feature_hooks.clear()
+        """Attach (or remove) the forward hooks that record the sites' activations.
+
+        Toggled every SAC step, so the hooks registered at construction are put in and taken out of the activation
+        modules' hook dicts directly: one dict operation per site instead of a new registration.
+        """
+        enabled = enabled and self._needs_features
+        if enabled == self._recording:
+            return
         self._features[:] = [None] * len(self._sites)
-        if enabled and self._needs_features:
-            self._feature_hooks.extend(
-                site.activation.register_forward_hook(self._recorder(i)) for i, site in enumerate(self._sites)
-            )
+        for hooks, hook_id, hook in self._recorders:
+            if enabled:
+                hooks[hook_id] = hook
+            else:
+                hooks.pop(hook_id, None)
+        self._recording = enabled
 
     @property
     def recording(self) -> bool:
-        return bool(self._feature_hooks)
+        return self._recording
 
-    def _recorder(self, index: int):
-        def record(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-            if torch.is_grad_enabled():
-                self._features[index] = output.detach()
-
-        return record
+    def _record(self, index: int, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        if torch.is_grad_enabled():
+            self._features[index] = output.detach()
 
     def take_features(self) -> list[torch.Tensor | None]:
         """The activations recorded since the last call (None for sites not run with gradients since)."""

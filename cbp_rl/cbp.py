@@ -105,6 +105,58 @@ class _SiteState(nn.Module):
         module.host = _HostCounters(host[0], host[1][:, 0], host[2][:, 0])
 
 
+class _FlatUnits:
+    """The per-unit vectors of all sites of a module laid end to end, so a step updates every site in three ops.
+
+    Row 0 of ``state`` holds the utilities, row 1 the mean activations; the sites' buffers are views of it. With
+    batch size ``B`` and ``rows`` outgoing weights per unit, a step does ``state = η·state + factor·sums`` where
+    ``factor = [Σ_out|W_out|·(1-η)/(rows·B); (1-η)/B]`` and ``sums = [Σ_batch|h|; Σ_batch h]`` (a single row,
+    broadcast, when every site's activation is nonnegative).
+    """
+
+    def __init__(self, states: list[_SiteState], nonnegative: list[bool]) -> None:
+        self.bounds = np.cumsum([0, *(state.utility.numel() for state in states)]).tolist()
+        self.whole = slice(0, self.bounds[-1])
+        flat = [torch.cat([getattr(state, name).reshape(-1) for state in states]) for name in ("utility", "mean_activation")]
+        self.state = torch.stack(flat)
+        for state, utility, mean in zip(states, self._views(self.state[0], states), self._views(self.state[1], states)):
+            state.utility, state.mean_activation = utility, mean
+        self.factor = torch.zeros_like(self.state)
+        self.utility_scale = torch.zeros_like(self.state[0])
+        self.shared_sums = all(nonnegative)
+        self.sums = torch.zeros_like(self.state[0] if self.shared_sums else self.state)
+        self.out_magnitude = self._views(self.factor[0], states)
+        self.sum_h = self._views(self.sums if self.shared_sums else self.sums[1], states)
+        self.sum_abs_h = self.sum_h if self.shared_sums else self._views(self.sums[0], states)
+        self.batch = [0] * len(states)
+
+    def _views(self, row: torch.Tensor, states: list[_SiteState]) -> list[torch.Tensor]:
+        return [row[a:b].view(state.utility.shape) for state, a, b in zip(states, self.bounds, self.bounds[1:])]
+
+    def set_batch(self, index: int, batch: int, decay_rate: float, rows: int) -> None:
+        segment = slice(self.bounds[index], self.bounds[index + 1])
+        self.utility_scale[segment] = (1.0 - decay_rate) / (rows * batch)
+        self.factor[1, segment] = (1.0 - decay_rate) / batch
+        self.batch[index] = batch
+
+    def runs(self, indices: list[int]) -> list[slice]:
+        """The flat segments of the sites ``indices`` (ascending), merged where consecutive."""
+        runs, first = [], indices[0]
+        for previous, index in zip(indices, indices[1:] + [None]):
+            if index != previous + 1:
+                runs.append(slice(self.bounds[first], self.bounds[previous + 1]))
+                first = index
+        return runs
+
+    def update(self, run: slice, decay_rate: float) -> None:
+        if run == self.whole:
+            state, factor, sums, scale = self.state, self.factor, self.sums, self.utility_scale
+        else:
+            state, factor, sums, scale = self.state[:, run], self.factor[:, run], self.sums[..., run], self.utility_scale[run]
+        factor[0].mul_(scale)
+        state.mul_(decay_rate).addcmul_(factor, sums)
+
+
 class ContinualBackprop(SiteIntervention):
     """Generate-and-test that runs after every optimizer step (DESIGN §3).
 
@@ -155,6 +207,7 @@ class ContinualBackprop(SiteIntervention):
         self._batched_dims = [len(s.member_shape) + 2 for s in self._sites]
         self._out_rows = [sum(c.weight.shape[-2] for c in s.consumers) for s in self._sites]
         self._nonnegative = [isinstance(s.activation, _NONNEGATIVE_ACTIVATIONS) for s in self._sites]
+        self._flat: _FlatUnits | None = None
         self.configure(
             replacement_rate=replacement_rate,
             maturity_threshold=maturity_threshold,
@@ -181,7 +234,7 @@ class ContinualBackprop(SiteIntervention):
         self.fractional = fractional
         self.reset_optimizer_state = bool(reset_optimizer_state)
         self._bounds = [uniform_bound(init, s.producer, s.activation) for s in self._sites]
-        self._scales = [(1.0 - self.decay_rate) / rows for rows in self._out_rows]
+        self._flat = None  # rebuilt at the next step: also after load_state_dict, which calls configure
         self._replacement_rate = float(replacement_rate)
         self.maturity_threshold = int(maturity_threshold)
 
@@ -247,25 +300,30 @@ class ContinualBackprop(SiteIntervention):
                 self._generate_and_test(i)
 
     def _update_utilities(self, indices: list[int], features: list[torch.Tensor]) -> None:
-        magnitudes = iter(torch._foreach_abs([c.weight for i in indices for c in self._sites[i].consumers]))
-        mean_activations, utilities, mean_h, mean_abs_h, out_magnitudes, scales = [], [], [], [], [], []
+        flat = self._flat
+        if flat is None:
+            flat = self._flat = _FlatUnits(self._site_states, self._nonnegative)
         for i, h in zip(indices, features):
-            site, state = self._sites[i], self._site_states[i]
+            site = self._sites[i]
             if h.dim() != self._batched_dims[i]:
                 h = h.reshape(*site.member_shape, -1, h.shape[-1])
-            mean_h.append(h.mean(-2))
-            mean_abs_h.append(mean_h[-1] if self._nonnegative[i] else h.abs().mean(-2))
-            out_magnitudes.append(next(magnitudes).sum(-2))
-            for _ in site.consumers[1:]:
-                out_magnitudes[-1] += next(magnitudes).sum(-2)
-            mean_activations.append(state.mean_activation)
-            utilities.append(state.utility)
-            scales.append(self._scales[i])
-            state.host.steps += 1
-        torch._foreach_lerp_(mean_activations, mean_h, 1.0 - self.decay_rate)
-        # a 0-dim tensor factor: CPU foreach ops wrap a Python scalar per tensor, several times slower
-        torch._foreach_mul_(utilities, torch.full((), self.decay_rate, dtype=utilities[0].dtype, device=utilities[0].device))
-        torch._foreach_addcmul_(utilities, out_magnitudes, mean_abs_h, scales)
+            if h.shape[-2] != flat.batch[i]:
+                flat.set_batch(i, h.shape[-2], self.decay_rate, self._out_rows[i])
+            torch.sum(h, -2, out=flat.sum_h[i])
+            if not self._nonnegative[i]:
+                torch.sum(h.abs(), -2, out=flat.sum_abs_h[i])
+            elif not flat.shared_sums:
+                flat.sum_abs_h[i].copy_(flat.sum_h[i])
+            consumers = site.consumers
+            weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
+            torch.sum(weight.abs(), -2, out=flat.out_magnitude[i])
+            self._site_states[i].host.steps += 1
+        for run in flat.runs(indices):
+            flat.update(run, self.decay_rate)
+
+    def _apply(self, fn, recurse: bool = True):
+        self._flat = None  # moved or converted buffers are no longer views of it
+        return super()._apply(fn, recurse)
 
     def _generate_and_test(self, index: int) -> None:
         """Replace the units due now in each member of the site and schedule its next event."""

@@ -103,6 +103,7 @@ def test_rollouts_and_evaluation_never_feed_cbp():
     policy = model.policy
     policy.set_training_mode(False)
     assert not any(cbp.recording for cbp in policy.cbp.values())
+    assert not any(site.activation._forward_hooks for cbp in policy.cbp.values() for site in cbp.sites.values())
     obs = torch.randn(8, *model.observation_space.shape)
     policy.evaluate_actions(obs, torch.zeros(8, *model.action_space.shape))[0].sum().backward()
     policy.optimizer.step()

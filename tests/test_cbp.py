@@ -94,6 +94,66 @@ def test_zero_rate_tracks_utility_and_replaces_nothing():
     assert all((age == 50).all() for age in cbp.ages().values())
 
 
+def test_utility_and_mean_activation_follow_the_formula_on_every_kind_of_site():
+    """u = η·u + (1-η)·mean_out|W_out|·mean_batch|h|, m = η·m + (1-η)·mean_batch h: a tanh site read by two heads,
+    a ReLU site and a stacked site; steps where only some sites ran, batch sizes that change, a dtype conversion."""
+    torch.manual_seed(0)
+    tanh_in, heads = nn.Linear(4, 8), (nn.Linear(8, 2), nn.Linear(8, 3))
+    relu_in, relu_out = nn.Linear(4, 6), nn.Linear(6, 1)
+    stacked_in, stacked_out = StackedLinear(3, 4, 5), StackedLinear(3, 5, 2)
+    sites = {
+        "tanh": Site(tanh_in, nn.Tanh(), heads),
+        "relu": Site(relu_in, nn.ReLU(), (relu_out,)),
+        "stacked": Site(stacked_in, nn.ReLU(), (stacked_out,)),
+    }
+    modules = nn.ModuleList([tanh_in, *heads, relu_in, relu_out, stacked_in, stacked_out])
+    decay = 0.9
+    cbp = ContinualBackprop(sites, replacement_rate=0.0, decay_rate=decay)
+    expected = {name: [torch.zeros_like(cbp.states[name].utility)] * 2 for name in sites}
+    for step, (ran, batch) in enumerate([("tanh relu stacked", 7), ("tanh stacked", 7), ("relu", 5), ("tanh relu stacked", 9)]):
+        if step == 2:
+            modules.double()
+            cbp.double()
+            expected = {name: [v.double() for v in values] for name, values in expected.items()}
+        dtype = tanh_in.weight.dtype
+        for name in ran.split():
+            site = sites[name]
+            x = torch.randn(*((3,) if name == "stacked" else ()), batch, 4, dtype=dtype)
+            h = site.activation(site.producer(x))
+            sum(consumer(h).sum() for consumer in site.consumers)
+            out = torch.cat([c.weight.detach() for c in site.consumers], -2).abs().mean(-2)
+            utility, mean = expected[name]
+            expected[name] = [decay * utility + (1 - decay) * out * h.detach().abs().mean(-2), decay * mean + (1 - decay) * h.detach().mean(-2)]
+        cbp.step()
+        for name in sites:
+            torch.testing.assert_close(cbp.states[name].utility, expected[name][0], msg=f"{name} utility, step {step}")
+            torch.testing.assert_close(cbp.states[name].mean_activation, expected[name][1], msg=f"{name} mean, step {step}")
+    assert {name: int(age.max()) for name, age in cbp.ages().items()} == {"tanh": 3, "relu": 3, "stacked": 3}
+
+
+def test_buffers_loaded_by_assignment_keep_being_updated():
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0)
+    train_step(net, optimizer)
+    cbp.load_state_dict({k: v.clone() if torch.is_tensor(v) else v for k, v in cbp.state_dict().items()}, assign=True)
+    before = cbp.states["l0"].utility.clone()
+    train_step(net, optimizer)
+    assert not torch.equal(cbp.states["l0"].utility, before)
+    assert cbp.states["l0"].utility.data_ptr() != before.data_ptr()
+
+
+def test_activations_under_bfloat16_autocast_update_float32_state():
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.randn(8, 6))
+    out.float().sum().backward()
+    optimizer.step()
+    assert cbp.states["l0"].utility.dtype == torch.float32 and (cbp.states["l0"].utility > 0).any()
+
+
 def test_replaces_the_lowest_utility_mature_units():
     net = make_net(hidden=20)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)
