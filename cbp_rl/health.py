@@ -38,8 +38,18 @@ def singular_values(features: torch.Tensor) -> torch.Tensor:
 
 
 def _gram(features: torch.Tensor) -> torch.Tensor:
+    """The smaller Gram matrix of ``features``; one off-diagonal block is mirrored, a quarter fewer flops than a matmul."""
     h = features.detach().float()
-    return h.mT @ h if h.shape[-2] >= h.shape[-1] else h @ h.mT
+    if h.shape[-2] < h.shape[-1]:
+        h = h.mT
+    half = h.shape[-1] // 2
+    first, second = h[..., :half], h[..., half:]
+    gram = h.new_empty(*h.shape[:-2], h.shape[-1], h.shape[-1])
+    gram[..., :half, :half] = first.mT @ first
+    gram[..., half:, half:] = second.mT @ second
+    gram[..., half:, :half] = second.mT @ first
+    gram[..., :half, half:] = gram[..., half:, :half].mT
+    return gram
 
 
 def _singular_values_from_gram(gram: torch.Tensor) -> torch.Tensor:
