@@ -36,10 +36,8 @@ class SiteIntervention(nn.Module):
             raise ValueError("each Site needs its own activation module instance (one is shared)")
         self._sites = list(named.values())
         self.names = list(named)
-        self._needs_features = record
         self._features: list[torch.Tensor | None] = [None] * len(self._sites)
         self._recorders = [self._register_recorder(i) for i in range(len(self._sites))] if record else []
-        self._recording = bool(record)
         self._step_hook: torch.utils.hooks.RemovableHandle | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.register_load_state_dict_pre_hook(SiteIntervention._start_fresh_if_absent)
@@ -89,8 +87,7 @@ class SiteIntervention(nn.Module):
         Toggled every SAC step, so the hooks registered at construction are put in and taken out of the activation
         modules' hook dicts directly: one dict operation per site instead of a new registration.
         """
-        enabled = enabled and self._needs_features
-        if enabled == self._recording:
+        if enabled == self.recording or not self._recorders:
             return
         self._features[:] = [None] * len(self._sites)
         for hooks, hook_id, hook in self._recorders:
@@ -98,11 +95,13 @@ class SiteIntervention(nn.Module):
                 hooks[hook_id] = hook
             else:
                 hooks.pop(hook_id, None)
-        self._recording = enabled
 
     @property
     def recording(self) -> bool:
-        return self._recording
+        if not self._recorders:
+            return False
+        hooks, hook_id, _ = self._recorders[0]
+        return hook_id in hooks
 
     def _record(self, index: int, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
         if torch.is_grad_enabled():

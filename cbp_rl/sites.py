@@ -158,6 +158,6 @@ def _reset_moments(state: dict, param: torch.Tensor, shape: Sequence[int], membe
         if key in _FIRST_MOMENTS:
             view.index_fill_(dim, index, 0.0)
         elif key in _SECOND_MOMENTS:
-            touched = view.index_select(dim, index)
-            untouched = (view.numel() - touched.numel()) or 1
-            view.index_fill_(dim, index, (view.sum() - touched.sum()) / untouched)
+            untouched = view.numel() - len(index) * (view.numel() // view.shape[dim])
+            view.index_fill_(dim, index, 0.0)
+            view.index_fill_(dim, index, view.sum().div_(max(untouched, 1)))
