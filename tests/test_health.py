@@ -40,6 +40,8 @@ def test_singular_values_match_svd():
     assert torch.allclose(singular_values(features).float(), torch.linalg.svdvals(features), rtol=1e-3)
     wide = torch.randn(20, 60)
     assert torch.allclose(singular_values(wide).float(), torch.linalg.svdvals(wide), rtol=1e-3)
+    stacked_odd = torch.randn(3, 50, 7)  # the Gram matrix is built from blocks of 3 and 4 columns
+    assert torch.allclose(singular_values(stacked_odd).float(), torch.linalg.svdvals(stacked_odd), rtol=1e-3)
 
 
 def test_dead_and_dormant_columns():
