@@ -7,7 +7,7 @@ the policy class (and the callback); no logger output is written, but the health
 A second, identical plain model ("replica") shows the noise floor of the ratios on the machine at hand.
 
 Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 5] [--ppo-steps 2048] [--sac-steps 1000]
-                                           [--maturity 100] [--threads N]
+                                           [--maturity 100] [--probe-size 2048] [--threads N]
 Quick check (about 3 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
 """
 
@@ -98,8 +98,8 @@ def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
     return model
 
 
-def make_variants(algo: str, maturity: int) -> list[Variant]:
-    health = CountingHealthCallback(log_every=SAC_LOG_EVERY)
+def make_variants(algo: str, maturity: int, probe_size: int) -> list[Variant]:
+    health = CountingHealthCallback(log_every=SAC_LOG_EVERY, probe_size=probe_size)
     return [
         Variant("plain MlpPolicy", build(algo, False, maturity), None, []),
         Variant("plain MlpPolicy, replica", build(algo, False, maturity), None, []),
@@ -118,8 +118,8 @@ def learn(variant: Variant, steps: int) -> float:
     return (model.num_timesteps - before) / (time.perf_counter() - start)
 
 
-def run(algo: str, rounds: int, steps: int, maturity: int) -> list[Variant]:
-    variants = make_variants(algo, maturity)
+def run(algo: str, rounds: int, steps: int, maturity: int, probe_size: int) -> list[Variant]:
+    variants = make_variants(algo, maturity, probe_size)
     warmup = cbp_config(algo, maturity).algo_kwargs["n_steps"] if algo == "ppo" else SAC_LEARNING_STARTS + SAC_WARMUP_UPDATES
     for variant in variants:
         learn(variant, warmup)
@@ -144,13 +144,16 @@ def parse_args() -> argparse.Namespace:
         "--maturity", type=int, default=100, help="CBP maturity_threshold (the paper's 10000 replaces nothing here)"
     )
     parser.add_argument(
+        "--probe-size", type=int, default=2048, help="observations per health probe (UnitHealthCallback's default: 2048)"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=torch.get_num_threads(),
         help="torch intra-op threads; on a machine shared with other jobs use 1 (oversubscribed: up to 10x slower)",
     )
     args = parser.parse_args()
-    for flag in ("rounds", "ppo_steps", "sac_steps", "threads"):
+    for flag in ("rounds", "ppo_steps", "sac_steps", "probe_size", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} is invalid: expected an integer >= 1")
     if args.maturity < 0:
@@ -166,7 +169,7 @@ def main() -> None:
     for algo in algos:
         steps = args.ppo_steps if algo == "ppo" else args.sac_steps
         start = time.perf_counter()
-        results[algo] = run(algo, args.rounds, steps, args.maturity)
+        results[algo] = run(algo, args.rounds, steps, args.maturity, args.probe_size)
         print(f"[{algo}: {args.rounds} rounds x {steps} steps x 4 variants in {time.perf_counter() - start:.0f} s]")
 
     machine = platform.processor() or platform.machine()
@@ -181,7 +184,7 @@ def main() -> None:
     )
     print(
         f"PPO: paper hyperparameters (DESIGN §6); SAC: rl-zoo settings with learning_starts {SAC_LEARNING_STARTS}, "
-        f"health log_every {SAC_LOG_EVERY}"
+        f"health log_every {SAC_LOG_EVERY}; health probe_size {args.probe_size}"
     )
     print()
     print("| algo | variant | median steps/s | ratio vs plain (median of rounds) | CBP replacements | health probes |")
