@@ -139,13 +139,15 @@ class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
         ...). ``use_sde=True`` is rejected.
     """
 
+    sb3_init = "orthogonal"  # what SB3's ActorCriticPolicy does itself; any other init re-initializes
+
     def __init__(self, *args: Any, init: str = "orthogonal", **kwargs: Any):
         methods = {method: kwargs.pop(method, None) for method in METHODS}
         _check_policy_kwargs(init, kwargs)
-        if init != "orthogonal":
+        if init != self.sb3_init:
             kwargs["ortho_init"] = False
         super().__init__(*args, **kwargs)
-        self._setup_plasticity(methods, init, reinit_uniform=init != "orthogonal")
+        self._setup_plasticity(methods, init, reinit_uniform=init != self.sb3_init)
 
     def _network_groups(self, networks: list[str]) -> dict[str, list[str]]:
         return {"policy": networks}
@@ -169,13 +171,15 @@ class CBPSACPolicy(_PlasticityMixin, SACPolicy):
     :param kwargs: everything ``SACPolicy`` takes; ``use_sde=True`` is rejected.
     """
 
+    sb3_init = "default"  # SB3's SACPolicy keeps torch's nn.Linear init
+
     def __init__(self, *args: Any, init: str = "default", **kwargs: Any):
         methods = {method: kwargs.pop(method, None) for method in METHODS}
         _check_policy_kwargs(init, kwargs)
         if init == "orthogonal":
             raise ValueError("init='orthogonal' is invalid for SAC: expected one of lecun, kaiming, xavier, default")
         super().__init__(*args, **kwargs)
-        self._setup_plasticity(methods, init, reinit_uniform=init != "default")
+        self._setup_plasticity(methods, init, reinit_uniform=init != self.sb3_init)
 
     def _network_groups(self, networks: list[str]) -> dict[str, list[str]]:
         return {"actor": ["actor"], "critic": [n for n in networks if n != "actor"]}

@@ -30,7 +30,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
 from agents import METHODS, UnitHealthCallback, init_policy_
-from agents.config import ALGORITHMS, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
+from agents.config import ALGORITHMS, POLICIES, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SEED = 0
@@ -92,7 +92,7 @@ def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
         if algo == "ppo":
             kwargs["ortho_init"] = False
         model = ALGORITHMS[algo]("MlpPolicy", env, seed=SEED, device="cpu", policy_kwargs=kwargs, **config.algo_kwargs)
-        if config.policy.init not in ("orthogonal", "default"):
+        if config.policy.init != POLICIES[algo].sb3_init:
             init_policy_(model.policy, config.policy.init)
     model.set_logger(Logger(folder=None, output_formats=[]))  # records in memory, writes nothing
     return model

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -321,7 +320,7 @@ class ContinualBackprop(SiteIntervention):
         for run in flat.runs(indices):
             flat.update(run, self.decay_rate)
 
-    def _apply(self, fn, recurse: bool = True):
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ContinualBackprop:
         self._flat = None  # moved or converted buffers are no longer views of it
         return super()._apply(fn, recurse)
 

@@ -128,22 +128,24 @@ def reinitialize_units(
     members, width = site.members, site.units
     producer = site.producer
     weight = producer.weight.view(members, width, -1)
+    bias = None if producer.bias is None else producer.bias.view(members, width)
+    outgoing = [consumer.weight.view(members, -1, width) for consumer in site.consumers]
+    consumer_biases = [None if c.bias is None else c.bias.view(members, -1) for c in site.consumers]
     touched = [(producer.weight, weight.shape, 0)]
-    if producer.bias is not None:
-        touched.append((producer.bias, (members, width), 0))
-    touched += [(consumer.weight, (members, -1, width), 1) for consumer in site.consumers]
+    if bias is not None:
+        touched.append((producer.bias, bias.shape, 0))
+    touched += [(consumer.weight, out.shape, 1) for consumer, out in zip(site.consumers, outgoing)]
     for member, index in enumerate(units):
         if len(index) == 0:
             continue
         fresh = torch.empty(len(index), weight.shape[-1], dtype=weight.dtype, device=weight.device)
         weight[member].index_copy_(0, index, fresh.uniform_(-bound, bound))
-        if producer.bias is not None:
-            producer.bias.view(members, width)[member].index_fill_(0, index, 0.0)
-        for consumer in site.consumers:
-            outgoing = consumer.weight.view(members, -1, width)[member]
-            if consumer.bias is not None and mean_contribution is not None:
-                consumer.bias.view(members, -1)[member].add_(outgoing.index_select(1, index) @ mean_contribution[member])
-            outgoing.index_fill_(1, index, 0.0)
+        if bias is not None:
+            bias[member].index_fill_(0, index, 0.0)
+        for out, consumer_bias in zip(outgoing, consumer_biases):
+            if consumer_bias is not None and mean_contribution is not None:
+                consumer_bias[member].add_(out[member].index_select(1, index) @ mean_contribution[member])
+            out[member].index_fill_(1, index, 0.0)
         if optimizer is not None:
             for param, shape, dim in touched:
                 _reset_moments(optimizer.state.get(param, {}), param, shape, member, dim, index)
