@@ -4,7 +4,7 @@ Each checkpoint runs ``--episodes`` deterministic episodes (seeds ``--seed``, ``
 friction of the grid: ``--frictions`` plus the frictions the run trained on (read from its schedule and
 run state, rounded to 4 significant digits). A RUN_DIR gives every complete checkpoint of the run, in
 step order: a curve. ``--health`` adds the DESIGN §4 unit-health metrics of every site, probed on the
-observations the checkpoint visited (all frictions pooled, at most 2048, evenly thinned).
+observations the checkpoint visited (all frictions pooled; at most 1000, UnitHealthCallback's default, evenly thinned).
 
 Prints a table and writes ``evaluation.json`` (run metadata and one record per checkpoint × friction)
 and ``evaluation.csv`` to ``--out`` (default: the run directory).
@@ -37,6 +37,7 @@ from stable_baselines3.common.save_util import json_to_data
 from stable_baselines3.sac.policies import SACPolicy
 
 import agents  # noqa: F401  (the CBP policy classes the checkpoints refer to)
+from agents.callbacks import PROBE_SIZE
 from agents.config import ALGORITHMS
 from agents.run import CLIParser
 import envs  # registers the Slippery* ids
@@ -45,7 +46,6 @@ from cbp_rl import probe
 DEFAULT_FRICTIONS = (0.02, 0.1, 0.5, 1.0, 2.0)
 SCHEDULE_KEYS = ("change_every", "friction_range", "frictions", "friction", "schedule_seed")
 NOT_FOR_EVAL_ENV = (*SCHEDULE_KEYS, "n_envs")
-PROBE_SIZE = 2048
 SUMMARY_METRICS = (("dead_frac", "dead%", 100.0), ("stable_rank_pct", "srank%", 1.0))
 
 

@@ -15,6 +15,9 @@ from cbp_rl import probe, weight_magnitude
 from .sites import network_parameters, policy_heads, policy_sites, probe_forward
 
 _TB_ONLY = ("stdout", "log", "json", "csv")
+PROBE_SIZE = 1000
+"""Default observations per health probe: the paper's sample, whose stable rank and dead-unit share are computed on
+the features of the last 1000 steps (Dohare et al. 2024, code: ``lop/rl/run_ppo.py``)."""
 
 
 class UnitHealthCallback(BaseCallback):
@@ -28,11 +31,12 @@ class UnitHealthCallback(BaseCallback):
     ``cbp/{network}/{site}/utility``.
 
     :param log_every: off-policy only: environment steps (``num_timesteps``) between two probes.
-    :param probe_size: at most this many observations per probe (a PPO rollout is thinned evenly).
+    :param probe_size: at most this many observations per probe (a PPO rollout is thinned evenly); the default,
+        1000, is the paper's sample size. Rank metrics depend on it, so compare runs probed alike.
     :param utility_histograms: also log histograms of the bias-corrected CBP utilities.
     """
 
-    def __init__(self, log_every: int = 10_000, probe_size: int = 2048, utility_histograms: bool = True, verbose: int = 0):
+    def __init__(self, log_every: int = 10_000, probe_size: int = PROBE_SIZE, utility_histograms: bool = True, verbose: int = 0):
         super().__init__(verbose)
         self.log_every = log_every
         self.probe_size = probe_size

@@ -22,6 +22,7 @@ from torch import nn
 
 import envs
 
+from .callbacks import PROBE_SIZE
 from .policies import METHODS, CBPActorCriticPolicy, CBPSACPolicy
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
@@ -63,7 +64,7 @@ class CheckpointConfig:
 class LoggingConfig:
     health: bool = True  # unit-health metrics (DESIGN §4)
     health_every: int = 10_000  # SAC: environment steps between health probes (PPO: every rollout)
-    probe_size: int = 2048  # observations per health probe
+    probe_size: int = PROBE_SIZE  # observations per health probe (the paper's 1000)
     utility_histograms: bool = True  # CBP utility histograms in TensorBoard
 
 

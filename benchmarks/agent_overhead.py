@@ -7,7 +7,7 @@ the policy class (and the callback); no logger output is written, but the health
 A second, identical plain model ("replica") shows the noise floor of the ratios on the machine at hand.
 
 Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 5] [--ppo-steps 2048] [--sac-steps 1000]
-                                           [--maturity 100] [--probe-size 2048] [--threads N]
+                                           [--maturity 100] [--probe-size 1000] [--threads N]
 Quick check (about 3 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
 """
 
@@ -30,6 +30,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
 from agents import METHODS, UnitHealthCallback, init_policy_
+from agents.callbacks import PROBE_SIZE
 from agents.config import ALGORITHMS, POLICIES, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -144,7 +145,7 @@ def parse_args() -> argparse.Namespace:
         "--maturity", type=int, default=100, help="CBP maturity_threshold (the paper's 10000 replaces nothing here)"
     )
     parser.add_argument(
-        "--probe-size", type=int, default=2048, help="observations per health probe (UnitHealthCallback's default: 2048)"
+        "--probe-size", type=int, default=PROBE_SIZE, help=f"observations per health probe (default: UnitHealthCallback's, {PROBE_SIZE})"
     )
     parser.add_argument(
         "--threads",

@@ -19,7 +19,8 @@ from torch import nn
 
 from cbp_rl import ContinualBackprop, probe
 
-OBS, ACT, HIDDEN, BATCH, PROBE_BATCH = 105, 8, 256, 128, 2048
+OBS, ACT, HIDDEN, BATCH = 105, 8, 256, 128
+PROBE_SIZES = (2048, 1000)  # a whole PPO rollout; the paper's sample, UnitHealthCallback's default
 
 
 def mlp(out: int) -> nn.Sequential:
@@ -75,14 +76,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     setup = make_setup()
     time_updates(setup, 200)
-    plain_ms, cbp_ms, probe_ms, small_probe_ms = [], [], [], []
+    plain_ms, cbp_ms = [], []
+    probe_ms: dict[int, list[float]] = {size: [] for size in PROBE_SIZES}
     for _ in range(args.rounds):
         switch_cbp(setup, False)
         plain_ms.append(time_updates(setup, args.steps))
         switch_cbp(setup, True)
         cbp_ms.append(time_updates(setup, args.steps))
-        probe_ms.append(time_probe(setup, 10, PROBE_BATCH))
-        small_probe_ms.append(time_probe(setup, 10, PROBE_BATCH // 2))
+        for size, times in probe_ms.items():
+            times.append(time_probe(setup, 10, size))
     p, c = statistics.median(plain_ms), statistics.median(cbp_ms)
     overheads = [b - a for a, b in zip(plain_ms, cbp_ms)]
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {args.threads}")
@@ -90,8 +92,8 @@ def main() -> None:
     print(f"{'update (fwd+bwd+Adam)':<34}{p:8.3f} ms/step")
     print(f"{'update + CBP (4 sites)':<34}{c:8.3f} ms/step")
     print(f"{'CBP overhead (median of pairs)':<34}{statistics.median(overheads):8.3f} ms/step  ({c / p:.3f}x)")
-    print(f"{f'health probe, 4 sites, {PROBE_BATCH} obs':<34}{statistics.median(probe_ms):8.3f} ms/probe")
-    print(f"{f'health probe, 4 sites, {PROBE_BATCH // 2} obs':<34}{statistics.median(small_probe_ms):8.3f} ms/probe")
+    for size, times in probe_ms.items():
+        print(f"{f'health probe, 4 sites, {size} obs':<34}{statistics.median(times):8.3f} ms/probe")
     print(f"replacements during the benchmark: {setup[3].replacements()}")
 
 

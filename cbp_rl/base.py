@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,11 +12,53 @@ from torch import nn
 from .sites import Site
 
 
+class _Recorder:
+    """Stands in for an activation module's ``forward`` while interventions record it, and hands the output of every
+    grad-enabled call to each of them.
+
+    It is set on the module instance, so torch keeps calling the module through its hook-free path: inside a PPO or
+    SAC update a forward hook costs several times more per call.
+    """
+
+    def __init__(self, activation: nn.Module) -> None:
+        self.activation = activation
+        self.sinks: dict[SiteIntervention, int] = {}  # intervention -> index of the site in its features
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        output = type(self.activation).forward(self.activation, *args, **kwargs)
+        if torch.is_grad_enabled():
+            detached = output.detach()
+            for intervention, index in self.sinks.items():
+                intervention._features[index] = detached
+        return output
+
+    @staticmethod
+    def installed(activation: nn.Module) -> _Recorder | None:
+        recorder = activation.__dict__.get("forward")
+        return recorder if isinstance(recorder, _Recorder) else None
+
+    @staticmethod
+    def subscribe(activation: nn.Module, intervention: SiteIntervention, index: int) -> None:
+        recorder = _Recorder.installed(activation)
+        if recorder is None:
+            recorder = activation.__dict__["forward"] = _Recorder(activation)
+        recorder.sinks[intervention] = index
+
+    @staticmethod
+    def unsubscribe(activation: nn.Module, intervention: SiteIntervention) -> None:
+        recorder = _Recorder.installed(activation)
+        if recorder is not None:
+            recorder.sinks.pop(intervention, None)
+            if not recorder.sinks:
+                del activation.__dict__["forward"]
+
+
 class SiteIntervention(nn.Module):
     """Acts on sites around every ``optimizer.step()``; subclasses implement :meth:`step` (and set ``when``).
 
-    Activations of the sites are recorded by forward hooks, only while ``torch.is_grad_enabled()``, and
-    handed to :meth:`step` as ``self.take_features()``.
+    Activations of the sites are recorded (by a stand-in for each activation module's ``forward``, see
+    :meth:`record_features`), only while ``torch.is_grad_enabled()``, and handed to :meth:`step` as
+    ``self.take_features()``.
 
     :param sites: a sequence (named ``l0``, ``l1``, ...) or a mapping name → Site.
     :param optimizer: the optimizer that trains the sites; ``None``: call :meth:`step` yourself.
@@ -37,7 +79,8 @@ class SiteIntervention(nn.Module):
         self._sites = list(named.values())
         self.names = list(named)
         self._features: list[torch.Tensor | None] = [None] * len(self._sites)
-        self._recorders = [self._register_recorder(i) for i in range(len(self._sites))] if record else []
+        self._records = record
+        self.record_features(record)
         self._step_hook: torch.utils.hooks.RemovableHandle | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.register_load_state_dict_pre_hook(SiteIntervention._start_fresh_if_absent)
@@ -77,35 +120,26 @@ class SiteIntervention(nn.Module):
         hooks = optimizer._optimizer_step_post_hooks if self.when == "post" else optimizer._optimizer_step_pre_hooks
         return self.optimizer is optimizer and self._step_hook is not None and self._step_hook.id in hooks
 
-    def _register_recorder(self, index: int) -> tuple[dict, int, Callable]:
-        activation, hook = self._sites[index].activation, functools.partial(self._record, index)
-        return activation._forward_hooks, activation.register_forward_hook(hook).id, hook
-
     def record_features(self, enabled: bool) -> None:
-        """Attach (or remove) the forward hooks that record the sites' activations.
+        """Start (or stop) recording the sites' activations; interventions that need none never record.
 
-        Toggled every SAC step, so the hooks registered at construction are put in and taken out of the activation
-        modules' hook dicts directly: one dict operation per site instead of a new registration.
+        Toggled every SAC step. While recording, each site activation's ``forward`` is, on the instance, a
+        `_Recorder` shared by every intervention recording that module; stopping restores the class's ``forward``.
         """
-        if enabled == self.recording or not self._recorders:
+        enabled = enabled and self._records
+        if enabled == self.recording:
             return
         self._features[:] = [None] * len(self._sites)
-        for hooks, hook_id, hook in self._recorders:
+        for index, site in enumerate(self._sites):
             if enabled:
-                hooks[hook_id] = hook
+                _Recorder.subscribe(site.activation, self, index)
             else:
-                hooks.pop(hook_id, None)
+                _Recorder.unsubscribe(site.activation, self)
 
     @property
     def recording(self) -> bool:
-        if not self._recorders:
-            return False
-        hooks, hook_id, _ = self._recorders[0]
-        return hook_id in hooks
-
-    def _record(self, index: int, module: nn.Module, inputs: object, output: torch.Tensor) -> None:
-        if torch.is_grad_enabled():
-            self._features[index] = output.detach()
+        recorder = _Recorder.installed(self._sites[0].activation)
+        return recorder is not None and self in recorder.sinks
 
     def take_features(self) -> list[torch.Tensor | None]:
         """The activations recorded since the last call (None for sites not run with gradients since)."""

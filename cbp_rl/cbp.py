@@ -168,9 +168,9 @@ class ContinualBackprop(SiteIntervention):
     folded into the consumers' biases, as in the reference implementation.
 
     The state (utility, mean activation, age, fractional accumulator, replacement counts) lives in
-    buffers, so ``state_dict`` carries it, with the settings. Activations are recorded by forward hooks
-    on the sites' activation modules, only while ``torch.is_grad_enabled()``: ``no_grad`` forwards never
-    count. Sites of `StackedLinear` layers are independent networks (e.g. seeds), each replacing its own units.
+    buffers, so ``state_dict`` carries it, with the settings. Activations are recorded as the sites' activation
+    modules emit them, only while ``torch.is_grad_enabled()``: ``no_grad`` forwards never count. Sites of
+    `StackedLinear` layers are independent networks (e.g. seeds), each replacing its own units.
 
     :param sites: the hidden layers to maintain, as a sequence (named ``l0``, ``l1``, ...) or a mapping name → Site.
     :param optimizer: the optimizer that trains the sites; generate-and-test runs as its step post-hook.

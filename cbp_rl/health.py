@@ -22,7 +22,10 @@ def dead_fraction(features: torch.Tensor, threshold: float = 0.01) -> torch.Tens
 
 def dormant_fraction(features: torch.Tensor, tau: float = 0.0) -> torch.Tensor:
     """ReDo's dormant fraction: units with ``mean|h_i| / mean_j mean|h_j| <= tau`` (all, if every unit is silent)."""
-    magnitude = _flat(features).abs().mean(0)
+    return _dormant_fraction(_flat(features).abs().mean(0), tau)
+
+
+def _dormant_fraction(magnitude: torch.Tensor, tau: float) -> torch.Tensor:
     layer_mean = magnitude.mean()
     score = torch.where(layer_mean > 0, magnitude / layer_mean, torch.zeros_like(magnitude))
     return (score <= tau).float().mean()
@@ -92,10 +95,11 @@ def site_health(features: torch.Tensor, site: Site, sigma: torch.Tensor | None =
     features = _flat(features.detach())
     sigma = singular_values(features) if sigma is None else sigma
     stable = stable_rank(sigma=sigma)
+    magnitude = features.abs().mean(0)
     return {
         "dead_frac": dead_fraction(features),
-        "dormant_frac": dormant_fraction(features, 0.0),
-        "dormant_frac_0.1": dormant_fraction(features, 0.1),
+        "dormant_frac": _dormant_fraction(magnitude, 0.0),
+        "dormant_frac_0.1": _dormant_fraction(magnitude, 0.1),
         "effective_rank": effective_rank(sigma=sigma),
         "stable_rank": stable,
         "stable_rank_pct": 100.0 * stable / site.units,

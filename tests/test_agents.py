@@ -103,7 +103,8 @@ def test_rollouts_and_evaluation_never_feed_cbp():
     policy = model.policy
     policy.set_training_mode(False)
     assert not any(cbp.recording for cbp in policy.cbp.values())
-    assert not any(site.activation._forward_hooks for cbp in policy.cbp.values() for site in cbp.sites.values())
+    activations = [site.activation for cbp in policy.cbp.values() for site in cbp.sites.values()]
+    assert not any("forward" in a.__dict__ or a._forward_hooks for a in activations)  # the plain call path
     obs = torch.randn(8, *model.observation_space.shape)
     policy.evaluate_actions(obs, torch.zeros(8, *model.action_space.shape))[0].sum().backward()
     policy.optimizer.step()
@@ -222,6 +223,35 @@ def test_sac_health_probes_the_replay_buffer(tmp_path):
     scalars = callback.log_health(*callback._replay_batch())
     assert {"health/critic1/l1/dead_frac", "health/actor/mu/weight_mag", "cbp/critic0/l0/replaced"} <= set(scalars)
     assert all(math.isfinite(v) for v in scalars.values())
+
+
+class RecordingHealthCallback(UnitHealthCallback):
+    def log_health(self, observations, actions=None):
+        position = getattr(self.model, "replay_buffer", None) and self.model.replay_buffer.pos
+        self.batches = getattr(self, "batches", []) + [(observations.clone(), actions, position)]
+        return super().log_health(observations, actions)
+
+
+def test_ppo_probe_thins_its_rollout_evenly_to_probe_size():
+    model = ppo(n_envs=2)
+    callback = RecordingHealthCallback(probe_size=100)
+    model.learn(128 * 2, callback=callback)
+    rollout = torch.as_tensor(model.rollout_buffer.observations.reshape(256, -1))
+    ((probed, _, _),) = callback.batches
+    assert UnitHealthCallback().probe_size == 1000 and probed.shape == (100, rollout.shape[1])
+    assert torch.equal(probed[0], rollout[0]) and torch.equal(probed[-1], rollout[-1])
+    assert len({tuple(row.tolist()) for row in probed}) == 100
+
+
+def test_sac_probe_takes_the_newest_stored_transitions():
+    model = sac()
+    callback = RecordingHealthCallback(log_every=60, probe_size=40)
+    model.learn(100, callback=callback)
+    observations, actions, position = callback.batches[-1]
+    newest = np.arange(position - 1, position - 41, -1)
+    assert len(callback.batches) == 2 and position > 40
+    assert torch.equal(observations, torch.as_tensor(model.replay_buffer.observations[newest, 0]))
+    assert torch.equal(actions, torch.as_tensor(model.replay_buffer.actions[newest, 0]))
 
 
 def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):

@@ -18,7 +18,7 @@ def run(script, *args):
 
 def test_cbp_overhead_times_the_same_network_with_cbp_off_and_on():
     out = run("cbp_overhead.py", "--steps", "20", "--rounds", "1", "--threads", "1")
-    assert "CBP overhead (median of pairs)" in out and "health probe, 4 sites, 1024 obs" in out
+    assert "CBP overhead (median of pairs)" in out and "health probe, 4 sites, 1000 obs" in out
     replacements = ast.literal_eval(out.split("replacements during the benchmark: ")[1])
     assert set(replacements) == {"actor_l0", "actor_l1", "critic_l0", "critic_l1"} and min(replacements.values()) > 0
 

@@ -2,6 +2,7 @@
 
 import copy
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -367,6 +368,37 @@ def test_record_features_off_freezes_cbp():
     cbp.record_features(False)
     train_step(net, optimizer)
     assert not cbp.recording and all((age == 0).all() for age in cbp.ages().values())
+
+
+def test_interventions_on_the_same_layers_record_independently():
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    first = ContinualBackprop.from_sequential(net, optimizer)
+    second = ContinualBackprop.from_sequential(net, optimizer)
+    x = torch.randn(5, 6)
+    net(x)
+    assert all(torch.equal(a, b) for a, b in zip(first.take_features(), second.take_features()))
+    first.record_features(False)
+    net(x)
+    assert first.take_features() == [None, None] and all(h.shape == (5, 20) for h in second.take_features())
+    second.record_features(False)
+    assert not any("forward" in net[i].__dict__ for i in (1, 3))  # both off: the class's own forward again
+    first.record_features(True)
+    net(x)
+    assert second.take_features() == [None, None] and all(h is not None for h in first.take_features())
+
+
+@pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda module: pickle.loads(pickle.dumps(module))])
+def test_a_copy_of_a_recording_network_feeds_its_own_cbp(duplicate):
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    original = nn.ModuleDict({"net": net, "cbp": ContinualBackprop.from_sequential(net, optimizer)})
+    duplicate = duplicate(original)
+    duplicate["cbp"].attach(torch.optim.SGD(duplicate["net"].parameters(), lr=1e-2))
+    train_step(duplicate["net"], duplicate["cbp"].optimizer)
+    assert all((age == 1).all() for age in duplicate["cbp"].ages().values())
+    assert all((age == 0).all() for age in original["cbp"].ages().values())
+    assert original["cbp"].take_features() == [None, None]
 
 
 @pytest.mark.parametrize(
