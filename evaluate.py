@@ -37,7 +37,7 @@ from stable_baselines3.common.save_util import json_to_data
 from stable_baselines3.sac.policies import SACPolicy
 
 import agents  # noqa: F401  (the CBP policy classes the checkpoints refer to)
-from agents.callbacks import PROBE_SIZE
+from agents.callbacks import evenly_spaced
 from agents.config import ALGORITHMS
 from agents.run import CLIParser
 import envs  # registers the Slippery* ids
@@ -281,8 +281,8 @@ def run_episodes(
 
 
 def unit_health(model: BaseAlgorithm, observations: list[np.ndarray], actions: list[np.ndarray]) -> dict[str, float]:
-    """DESIGN §4 metrics of every site (``health/{network}/{site}/{metric}``) on at most `PROBE_SIZE` visited states."""
-    rows = np.linspace(0, len(observations) - 1, min(len(observations), PROBE_SIZE)).round().astype(int)
+    """DESIGN §4 metrics of every site (``health/{network}/{site}/{metric}``) on at most 1000 visited states, evenly spaced."""
+    rows = evenly_spaced(len(observations))
     policy = model.policy
     obs = policy.obs_to_tensor(np.stack(observations)[rows])[0]
     acts = None

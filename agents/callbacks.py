@@ -20,6 +20,11 @@ PROBE_SIZE = 1000
 the features of the last 1000 steps (Dohare et al. 2024, code: ``lop/rl/run_ppo.py``)."""
 
 
+def evenly_spaced(count: int, size: int = PROBE_SIZE) -> np.ndarray:
+    """Indices of at most ``size`` of ``count`` items, spread evenly, first and last included."""
+    return np.linspace(0, count - 1, min(count, size)).round().astype(int)
+
+
 class UnitHealthCallback(BaseCallback):
     """Logs DESIGN §4 unit-health metrics of every site of the actor and critic(s), and CBP's activity.
 
@@ -64,9 +69,7 @@ class UnitHealthCallback(BaseCallback):
             self.log_health(self._as_tensor(observations.reshape(-1, *observations.shape[2:])))
 
     def _as_tensor(self, array: np.ndarray) -> torch.Tensor:
-        if len(array) > self.probe_size:
-            array = array[np.linspace(0, len(array) - 1, self.probe_size).round().astype(int)]
-        return obs_as_tensor(array, self.model.device)
+        return obs_as_tensor(array[evenly_spaced(len(array), self.probe_size)], self.model.device)
 
     def _replay_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         buffer = self.model.replay_buffer
