@@ -140,6 +140,8 @@ class _FlatUnits:
 
     def runs(self, indices: list[int]) -> list[slice]:
         """The flat segments of the sites ``indices`` (ascending), merged where consecutive."""
+        if len(indices) == len(self.batch):
+            return [self.whole]
         runs, first = [], indices[0]
         for previous, index in zip(indices, indices[1:] + [None]):
             if index != previous + 1:
@@ -314,8 +316,11 @@ class ContinualBackprop(SiteIntervention):
             elif not flat.shared_sums:
                 flat.sum_abs_h[i].copy_(flat.sum_h[i])
             consumers = site.consumers
-            weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
-            torch.sum(weight.abs(), -2, out=flat.out_magnitude[i])
+            if self._out_rows[i] == 1:
+                torch.abs(consumers[0].weight.squeeze(-2), out=flat.out_magnitude[i])
+            else:
+                weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
+                torch.sum(weight.abs(), -2, out=flat.out_magnitude[i])
             self._site_states[i].host.steps += 1
         for run in flat.runs(indices):
             flat.update(run, self.decay_rate)
