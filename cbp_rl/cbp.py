@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -104,6 +105,20 @@ class _SiteState(nn.Module):
         module.host = _HostCounters(host[0], host[1][:, 0], host[2][:, 0])
 
 
+class _SiteUpdate(NamedTuple):
+    """What one site's utility update reads and writes, resolved once per `_FlatUnits`."""
+
+    state: _SiteState
+    consumers: tuple[nn.Module, ...]
+    rows: int  # outgoing weights per unit
+    batched_dims: int  # dims of a recorded batch of activations that needs no reshape
+    member_shape: torch.Size
+    nonnegative: bool
+    sum_h: torch.Tensor
+    sum_abs_h: torch.Tensor | None  # None: shared with ``sum_h`` (every site's activation is nonnegative)
+    out_magnitude: torch.Tensor
+
+
 class _FlatUnits:
     """The per-unit vectors of all sites of a module laid end to end, so a step updates every site in three ops.
 
@@ -113,35 +128,38 @@ class _FlatUnits:
     broadcast, when every site's activation is nonnegative).
     """
 
-    def __init__(self, states: list[_SiteState], nonnegative: list[bool]) -> None:
+    def __init__(self, sites: list[Site], states: list[_SiteState], nonnegative: list[bool]) -> None:
         self.bounds = np.cumsum([0, *(state.utility.numel() for state in states)]).tolist()
-        self.whole = slice(0, self.bounds[-1])
         flat = [torch.cat([getattr(state, name).reshape(-1) for state in states]) for name in ("utility", "mean_activation")]
         self.state = torch.stack(flat)
         for state, utility, mean in zip(states, self._views(self.state[0], states), self._views(self.state[1], states)):
             state.utility, state.mean_activation = utility, mean
         self.factor = torch.zeros_like(self.state)
+        self.utility_factor = self.factor[0]
         self.utility_scale = torch.zeros_like(self.state[0])
-        self.shared_sums = all(nonnegative)
-        self.sums = torch.zeros_like(self.state[0] if self.shared_sums else self.state)
-        self.out_magnitude = self._views(self.factor[0], states)
-        self.sum_h = self._views(self.sums if self.shared_sums else self.sums[1], states)
-        self.sum_abs_h = self.sum_h if self.shared_sums else self._views(self.sums[0], states)
+        shared_sums = all(nonnegative)
+        self.sums = torch.zeros_like(self.state[0] if shared_sums else self.state)
+        sum_h = self._views(self.sums if shared_sums else self.sums[1], states)
+        sum_abs_h = [None] * len(states) if shared_sums else self._views(self.sums[0], states)
+        out_magnitude = self._views(self.utility_factor, states)
+        self.sites = []
+        for site, state, *per_site in zip(sites, states, nonnegative, sum_h, sum_abs_h, out_magnitude):
+            rows = sum(consumer.weight.shape[-2] for consumer in site.consumers)
+            shape = site.member_shape
+            self.sites.append(_SiteUpdate(state, site.consumers, rows, len(shape) + 2, shape, *per_site))
         self.batch = [0] * len(states)
 
     def _views(self, row: torch.Tensor, states: list[_SiteState]) -> list[torch.Tensor]:
         return [row[a:b].view(state.utility.shape) for state, a, b in zip(states, self.bounds, self.bounds[1:])]
 
-    def set_batch(self, index: int, batch: int, decay_rate: float, rows: int) -> None:
+    def set_batch(self, index: int, batch: int, decay_rate: float) -> None:
         segment = slice(self.bounds[index], self.bounds[index + 1])
-        self.utility_scale[segment] = (1.0 - decay_rate) / (rows * batch)
+        self.utility_scale[segment] = (1.0 - decay_rate) / (self.sites[index].rows * batch)
         self.factor[1, segment] = (1.0 - decay_rate) / batch
         self.batch[index] = batch
 
     def runs(self, indices: list[int]) -> list[slice]:
         """The flat segments of the sites ``indices`` (ascending), merged where consecutive."""
-        if len(indices) == len(self.batch):
-            return [self.whole]
         runs, first = [], indices[0]
         for previous, index in zip(indices, indices[1:] + [None]):
             if index != previous + 1:
@@ -149,13 +167,16 @@ class _FlatUnits:
                 first = index
         return runs
 
-    def update(self, run: slice, decay_rate: float) -> None:
-        if run == self.whole:
-            state, factor, sums, scale = self.state, self.factor, self.sums, self.utility_scale
-        else:
-            state, factor, sums, scale = self.state[:, run], self.factor[:, run], self.sums[..., run], self.utility_scale[run]
-        factor[0].mul_(scale)
-        state.mul_(decay_rate).addcmul_(factor, sums)
+    def update(self, indices: list[int], decay_rate: float) -> None:
+        """Fold the sums of the sites ``indices`` (ascending) into their running averages."""
+        if len(indices) == len(self.sites):
+            self.utility_factor.mul_(self.utility_scale)
+            self.state.mul_(decay_rate).addcmul_(self.factor, self.sums)
+            return
+        for run in self.runs(indices):
+            state, factor, sums = self.state[:, run], self.factor[:, run], self.sums[..., run]
+            factor[0].mul_(self.utility_scale[run])
+            state.mul_(decay_rate).addcmul_(factor, sums)
 
 
 class ContinualBackprop(SiteIntervention):
@@ -205,8 +226,6 @@ class ContinualBackprop(SiteIntervention):
         super().__init__(sites, optimizer)
         self.states = nn.ModuleDict({name: _SiteState(site) for name, site in self.sites.items()})
         self._site_states = list(self.states.values())
-        self._batched_dims = [len(s.member_shape) + 2 for s in self._sites]
-        self._out_rows = [sum(c.weight.shape[-2] for c in s.consumers) for s in self._sites]
         self._nonnegative = [isinstance(s.activation, _NONNEGATIVE_ACTIVATIONS) for s in self._sites]
         self._flat: _FlatUnits | None = None
         self.configure(
@@ -285,45 +304,51 @@ class ContinualBackprop(SiteIntervention):
         """CBP on every hidden layer of ``nn.Sequential(Linear, act, Linear, act, ..., Linear)``."""
         return cls(sequential_sites(net), optimizer, **kwargs)
 
-    @torch.no_grad()
     def step(self) -> None:
         """One generate-and-test on every site that has fresh activations since the last step."""
-        features = self.take_features()
-        fresh = [i for i, h in enumerate(features) if h is not None]
-        if not fresh:
-            return
-        self._update_utilities(fresh, [features[i] for i in fresh])
-        if self.replacement_rate == 0:
-            return
-        for i in fresh:
-            host = self._site_states[i].host
-            if host.steps >= host.next_event:
-                self._generate_and_test(i)
+        with torch.no_grad():
+            fresh = self._update_utilities(self._features)
+            if not fresh or self._replacement_rate == 0:
+                return
+            for i in fresh:
+                host = self._site_states[i].host
+                if host.steps >= host.next_event:
+                    self._generate_and_test(i)
 
-    def _update_utilities(self, indices: list[int], features: list[torch.Tensor]) -> None:
+    def _update_utilities(self, features: list[torch.Tensor | None]) -> list[int]:
+        """Take the recorded ``features`` (left None) into the running averages of their sites; returns those sites.
+
+        Runs once per optimizer step inside SB3's update, where each Python operation costs several times its
+        isolated time (caches cold after Adam), so the per-site work is resolved once, in `_FlatUnits`.
+        """
         flat = self._flat
         if flat is None:
-            flat = self._flat = _FlatUnits(self._site_states, self._nonnegative)
-        for i, h in zip(indices, features):
-            site = self._sites[i]
-            if h.dim() != self._batched_dims[i]:
+            flat = self._flat = _FlatUnits(self._sites, self._site_states, self._nonnegative)
+        fresh = []
+        for i, (h, site) in enumerate(zip(features, flat.sites)):
+            if h is None:
+                continue
+            features[i] = None
+            fresh.append(i)
+            if h.dim() != site.batched_dims:
                 h = h.reshape(*site.member_shape, -1, h.shape[-1])
             if h.shape[-2] != flat.batch[i]:
-                flat.set_batch(i, h.shape[-2], self.decay_rate, self._out_rows[i])
-            torch.sum(h, -2, out=flat.sum_h[i])
-            if not self._nonnegative[i]:
-                torch.sum(h.abs(), -2, out=flat.sum_abs_h[i])
-            elif not flat.shared_sums:
-                flat.sum_abs_h[i].copy_(flat.sum_h[i])
+                flat.set_batch(i, h.shape[-2], self.decay_rate)
+            torch.sum(h, -2, out=site.sum_h)
+            if not site.nonnegative:
+                torch.sum(h.abs(), -2, out=site.sum_abs_h)
+            elif site.sum_abs_h is not None:
+                site.sum_abs_h.copy_(site.sum_h)
             consumers = site.consumers
-            if self._out_rows[i] == 1:
-                torch.abs(consumers[0].weight.squeeze(-2), out=flat.out_magnitude[i])
+            if site.rows == 1:
+                torch.abs(consumers[0].weight.squeeze(-2), out=site.out_magnitude)
             else:
                 weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
-                torch.sum(weight.abs(), -2, out=flat.out_magnitude[i])
-            self._site_states[i].host.steps += 1
-        for run in flat.runs(indices):
-            flat.update(run, self.decay_rate)
+                torch.sum(weight.abs(), -2, out=site.out_magnitude)
+            site.state.host.steps += 1
+        if fresh:
+            flat.update(fresh, self.decay_rate)
+        return fresh
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ContinualBackprop:
         self._flat = None  # moved or converted buffers are no longer views of it

@@ -30,4 +30,4 @@ def test_agent_overhead_prints_every_variant_with_replacements():
     assert [row[2].strip() for row in rows] == [
         "plain MlpPolicy", "plain MlpPolicy, replica", "CBP", "CBP + UnitHealthCallback"
     ]
-    assert [int(row[5]) for row in rows][2:] == [int(rows[2][5])] * 2 and int(rows[2][5]) > 0
+    assert [int(row[6]) for row in rows][2:] == [int(rows[2][6])] * 2 and int(rows[2][6]) > 0
