@@ -128,7 +128,7 @@ class _FlatUnits:
     broadcast, when every site's activation is nonnegative).
     """
 
-    def __init__(self, sites: list[Site], states: list[_SiteState], nonnegative: list[bool]) -> None:
+    def __init__(self, sites: list[Site], states: list[_SiteState]) -> None:
         self.bounds = np.cumsum([0, *(state.utility.numel() for state in states)]).tolist()
         flat = [torch.cat([getattr(state, name).reshape(-1) for state in states]) for name in ("utility", "mean_activation")]
         self.state = torch.stack(flat)
@@ -137,6 +137,7 @@ class _FlatUnits:
         self.factor = torch.zeros_like(self.state)
         self.utility_factor = self.factor[0]
         self.utility_scale = torch.zeros_like(self.state[0])
+        nonnegative = [isinstance(site.activation, _NONNEGATIVE_ACTIVATIONS) for site in sites]
         shared_sums = all(nonnegative)
         self.sums = torch.zeros_like(self.state[0] if shared_sums else self.state)
         sum_h = self._views(self.sums if shared_sums else self.sums[1], states)
@@ -226,7 +227,6 @@ class ContinualBackprop(SiteIntervention):
         super().__init__(sites, optimizer)
         self.states = nn.ModuleDict({name: _SiteState(site) for name, site in self.sites.items()})
         self._site_states = list(self.states.values())
-        self._nonnegative = [isinstance(s.activation, _NONNEGATIVE_ACTIVATIONS) for s in self._sites]
         self._flat: _FlatUnits | None = None
         self.configure(
             replacement_rate=replacement_rate,
@@ -323,7 +323,7 @@ class ContinualBackprop(SiteIntervention):
         """
         flat = self._flat
         if flat is None:
-            flat = self._flat = _FlatUnits(self._sites, self._site_states, self._nonnegative)
+            flat = self._flat = _FlatUnits(self._sites, self._site_states)
         fresh = []
         for i, (h, site) in enumerate(zip(features, flat.sites)):
             if h is None:
