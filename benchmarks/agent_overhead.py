@@ -1,14 +1,16 @@
 """Training throughput on SlipperyAnt-v0 of plain SB3 PPO/SAC against the CBP policies, with and without health logging.
 
 Each variant is one model (seed 0, its own SlipperyAnt-v0 env seeded 0) built once and warmed up; then, round by round,
-every variant learns the same number of steps in turn (the order rotates each round). The table gives each variant's
-median steps/s and the median over rounds of its steps/s over plain's in the same round, with a distribution-free
-95% interval for that median (from the order statistics of the rounds' ratios: min-max below 6 rounds, where it
-covers less). The variants differ only in the policy class (and the callback); no logger output is written, but the
-health probe runs at its usual cadence.
+every variant learns the same number of steps in turn. The orders come from a Williams Latin square: over 4 rounds each
+variant runs once in every slot and once right after every other variant, so neither the slot nor the variant run just
+before biases a ratio (a plain rotation, which always ran the health variant right after CBP, read it about 1% lower
+on the development VM). The table gives each variant's median steps/s and the median over rounds of its steps/s over
+plain's in the same round, with a distribution-free 95% interval for that median (from the order statistics of the
+rounds' ratios: min-max below 6 rounds, where it covers less). The variants differ only in the policy class (and the
+callback); no logger output is written, but the health probe runs at its usual cadence.
 A second, identical plain model ("replica") shows the noise floor of the ratios on the machine at hand.
 
-Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 5] [--ppo-steps 2048] [--sac-steps 1000]
+Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 8] [--ppo-steps 2048] [--sac-steps 1000]
                                            [--maturity 100] [--probe-size 1000] [--threads N]
 Quick check (about 3 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
 """
@@ -130,10 +132,21 @@ def run(algo: str, rounds: int, steps: int, maturity: int, probe_size: int) -> l
         variant.replacements_at_start = variant.replacements()
         if variant.callback is not None:
             variant.callback.probes = 0
+    orders = williams_orders(len(variants))
     for r in range(rounds):
-        for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
-            variant.steps_per_s.append(learn(variant, steps))
+        for index in orders[r % len(orders)]:
+            variants[index].steps_per_s.append(learn(variants[index], steps))
     return variants
+
+
+def williams_orders(n: int) -> list[list[int]]:
+    """Orders of ``n`` items in which each item takes every position, and directly follows every other item,
+    equally often (Williams 1949): ``n`` orders for even ``n``, ``2n`` for odd."""
+    first = [0]
+    for k in range(1, n):
+        first.append((k + 1) // 2 if k % 2 else n - k // 2)
+    orders = [[(item + shift) % n for item in first] for shift in range(n)]
+    return orders if n % 2 == 0 else orders + [order[::-1] for order in orders]
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
@@ -153,7 +166,7 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("ppo", "sac", "both"), default="both", help="which algorithm(s) to time")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds; the variants alternate within each")
+    parser.add_argument("--rounds", type=int, default=8, help="rounds (a multiple of 4 balances the orders); the variants alternate within each")
     parser.add_argument(
         "--ppo-steps", type=int, default=2048, help="PPO env steps per variant per round (2048: one rollout + update)"
     )

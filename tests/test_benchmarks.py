@@ -31,3 +31,17 @@ def test_agent_overhead_prints_every_variant_with_replacements():
         "plain MlpPolicy", "plain MlpPolicy, replica", "CBP", "CBP + UnitHealthCallback"
     ]
     assert [int(row[6]) for row in rows][2:] == [int(rows[2][6])] * 2 and int(rows[2][6]) > 0
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 5])
+def test_williams_orders_balance_slots_and_predecessors(n):
+    sys.path.insert(0, str(BENCHMARKS))
+    from agent_overhead import williams_orders
+
+    orders = williams_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    for slot in range(n):
+        assert sorted(order[slot] for order in orders) == sorted(list(range(n)) * (len(orders) // n))
+    pairs = [(a, b) for order in orders for a, b in zip(order, order[1:])]
+    assert sorted(set(pairs)) == [(a, b) for a in range(n) for b in range(n) if a != b]
+    assert len(pairs) == len(orders) // n * n * (n - 1)
