@@ -3,8 +3,7 @@
 Each variant is one model (seed 0, its own SlipperyAnt-v0 env seeded 0) built once and warmed up; then, round by round,
 every variant learns the same number of steps in turn. The orders come from a Williams Latin square: over 4 rounds each
 variant runs once in every slot and once right after every other variant, so neither the slot nor the variant run just
-before biases a ratio (a plain rotation, which always ran the health variant right after CBP, read it about 1% lower
-on the development VM). The table gives each variant's median steps/s and the median over rounds of its steps/s over
+before can bias a ratio. The table gives each variant's median steps/s and the median over rounds of its steps/s over
 plain's in the same round, with a distribution-free 95% interval for that median (from the order statistics of the
 rounds' ratios: min-max below 6 rounds, where it covers less). The variants differ only in the policy class (and the
 callback); no logger output is written, but the health probe runs at its usual cadence.
