@@ -165,7 +165,9 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("ppo", "sac", "both"), default="both", help="which algorithm(s) to time")
-    parser.add_argument("--rounds", type=int, default=8, help="rounds (a multiple of 4 balances the orders); the variants alternate within each")
+    parser.add_argument(
+        "--rounds", type=int, default=8, help="rounds, each variant once per round (a multiple of 4 balances the orders)"
+    )
     parser.add_argument(
         "--ppo-steps", type=int, default=2048, help="PPO env steps per variant per round (2048: one rollout + update)"
     )

@@ -34,8 +34,8 @@ def test_agent_overhead_prints_every_variant_with_replacements():
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])
-def test_williams_orders_balance_slots_and_predecessors(n):
-    sys.path.insert(0, str(BENCHMARKS))
+def test_williams_orders_balance_slots_and_predecessors(n, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
     from agent_overhead import williams_orders
 
     orders = williams_orders(n)
