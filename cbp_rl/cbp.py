@@ -340,11 +340,8 @@ class ContinualBackprop(SiteIntervention):
             elif site.sum_abs_h is not None:
                 site.sum_abs_h.copy_(site.sum_h)
             consumers = site.consumers
-            if site.rows == 1:
-                torch.abs(consumers[0].weight.squeeze(-2), out=site.out_magnitude)
-            else:
-                weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
-                torch.sum(weight.abs(), -2, out=site.out_magnitude)
+            weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
+            torch.sum(weight.abs(), -2, out=site.out_magnitude)
             site.state.host.steps += 1
         if fresh:
             flat.update(fresh, self.decay_rate)
