@@ -12,6 +12,9 @@ first put on a common step grid: linear interpolation over the overlap of their 
   network's logged layers: its hidden layers (sites), and for weight magnitude also its heads.
   With several methods, colour is the method and line style the network. Left out when no run
   logged ``health/`` tags.
+- ``segments.md``: a table per method, one row per friction segment: its friction and steps, and
+  the means over the segment's last fifth (after adapting to the friction) of the return and of
+  dead units, stable rank and weight magnitude of the actor and the critic(s); averaged over runs.
 
 Usage::
 
@@ -254,11 +257,13 @@ def network_series(scalars: dict[str, Series], metric: str) -> dict[str, Series]
         match = HEALTH_TAG.match(tag)
         if match and match["metric"] == metric:
             sites.setdefault(match["net"], []).append(series)
-    averaged = {}
-    for net, parts in sites.items():
-        steps = reduce(np.intersect1d, (s for s, _ in parts))
-        averaged[net] = (steps, np.mean([v[np.searchsorted(s, steps)] for s, v in parts], axis=0))
-    return averaged
+    return {net: _mean_at_common_steps(parts) for net, parts in sites.items()}
+
+
+def _mean_at_common_steps(parts: Sequence[Series]) -> Series:
+    """The mean of several series at the steps all of them logged."""
+    steps = reduce(np.intersect1d, (s for s, _ in parts))
+    return steps, np.mean([v[np.searchsorted(s, steps)] for s, v in parts], axis=0)
 
 
 def run_segments(scalars: dict[str, Series]) -> list[tuple[float, float | None]]:
@@ -283,6 +288,98 @@ def common_segments(runs: Sequence[Run]) -> list[tuple[float, float | None]]:
         agree = None not in frictions and np.allclose(frictions, frictions[0], rtol=1e-3)
         merged.append((float(np.median([s for s, _ in kth])), frictions[0] if agree else None))
     return merged
+
+
+SEGMENT_TAIL = 0.2
+"""Share of a friction segment, at its end, that ``segments.md`` averages."""
+
+# (column, health metric or None for the return, scale, format); health columns have actor and critic variants
+SEGMENT_COLUMNS: tuple[tuple[str, str | None, float, str], ...] = (
+    ("return", None, 1.0, "{:.0f}"),
+    ("dead units %", "dead_frac", 100.0, "{:.1f}"),
+    ("stable rank %", "stable_rank_pct", 1.0, "{:.1f}"),
+    ("mean abs weight", "weight_mag", 1.0, "{:.4f}"),
+)
+
+
+def _tail_mean(series: Series, start: float, end: float, last: bool) -> float:
+    """Mean of the values logged in the last ``SEGMENT_TAIL`` of ``[start, end)`` (``[start, end]`` for the
+    run's last segment); NaN if none."""
+    steps, values = series
+    inside = (steps >= end - SEGMENT_TAIL * (end - start)) & ((steps <= end) if last else (steps < end))
+    return float(values[inside].mean()) if inside.any() else float("nan")
+
+
+def _segment_series(scalars: dict[str, Series]) -> dict[str, Series]:
+    """The series that ``segments.md`` summarizes, by column key: ``return`` and ``{metric}/{actor|critic}``."""
+    series = {"return": scalars[RETURN_TAG]} if RETURN_TAG in scalars else {}
+    for _, metric, _, _ in SEGMENT_COLUMNS:
+        nets = network_series(scalars, metric) if metric else {}
+        critics = [s for net, s in nets.items() if net != "actor"]
+        if "actor" in nets:
+            series[f"{metric}/actor"] = nets["actor"]
+        if critics:
+            series[f"{metric}/critic"] = _mean_at_common_steps(critics)
+    return series
+
+
+def segment_summary(run: Run) -> list[dict[str, float]]:
+    """Per friction segment of a run: ``start``, ``end`` (the next start, or the last logged step), ``friction``
+    and the tail means (see ``SEGMENT_TAIL``) of the return and health series (keys of `_segment_series`)."""
+    segments = run_segments(run.scalars)
+    if not segments or RETURN_TAG not in run.scalars:
+        return []
+    last = float(run.scalars[RETURN_TAG][0][-1])
+    series = _segment_series(run.scalars)
+    rows = []
+    ends = [start for start, _ in segments[1:]] + [last]
+    for k, ((start, friction), end) in enumerate(zip(segments, ends)):
+        row = {"start": start, "end": end, "friction": np.nan if friction is None else friction}
+        is_last = k == len(segments) - 1
+        rows.append(row | {key: _tail_mean(s, start, end, is_last) for key, s in series.items()})
+    return rows
+
+
+def segment_table(groups: dict[str, list[Run]]) -> str:
+    """``segments.md``: per method, the k-th segments of its runs averaged (see :func:`segment_summary`)."""
+    lines = [
+        f"Means over the last {SEGMENT_TAIL:.0%} of each friction segment; health: actor / critic, each the mean "
+        "over the network's layers. With several runs: the mean over the runs that reached the segment; steps: "
+        "the median start and the latest end.",
+    ]
+    for method, runs in groups.items():
+        per_run = [rows for rows in map(segment_summary, runs) if rows]
+        if not per_run:
+            continue
+        header = ["segment", "friction", "steps", "runs"] + [name for name, *_ in SEGMENT_COLUMNS]
+        lines += ["", f"### {method}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for k in range(max(map(len, per_run))):
+            kth = [rows[k] for rows in per_run if len(rows) > k]
+            mean = {key: _mean_of_logged([row.get(key, np.nan) for row in kth]) for key in kth[0]}
+            steps = f"{_eng(np.median([row['start'] for row in kth]))}-{_eng(max(row['end'] for row in kth))}"
+            cells = [str(k), _number(mean["friction"], "{:.3g}"), steps, str(len(kth))]
+            for _, metric, scale, fmt in SEGMENT_COLUMNS:
+                keys = ["return"] if metric is None else [f"{metric}/actor", f"{metric}/critic"]
+                cells.append(" / ".join(_number(scale * mean.get(key, np.nan), fmt) for key in keys))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _mean_of_logged(values: Sequence[float]) -> float:
+    """The mean of the values that are not NaN (NaN if none is)."""
+    logged = [v for v in values if not np.isnan(v)]
+    return float(np.mean(logged)) if logged else float("nan")
+
+
+def _number(value: float, fmt: str) -> str:
+    return "–" if np.isnan(value) else fmt.format(value)
+
+
+def _eng(steps: float) -> str:
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if steps >= scale:
+            return f"{steps / scale:.3g}{suffix}"
+    return f"{steps:.0f}"
 
 
 # ---------------------------------------------------------------- drawing
@@ -495,6 +592,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         print("note: no run logged health/{net}/{site}/{metric} tags; health.png not written")
     else:
         print(f"wrote {health}")
+    table = out / "segments.md"
+    table.write_text(segment_table(groups))
+    print(f"wrote {table}")
 
 
 if __name__ == "__main__":

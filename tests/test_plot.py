@@ -149,6 +149,38 @@ def test_friction_segments_start_where_the_segment_changes(tmp_path):
     plot.plt.close(fig)
 
 
+def write_segment_run(root: Path, name: str, scale: float, n_logs: int) -> Path:
+    """A run logged every 100 steps from 100 whose friction changes at step 600: return ``scale × step``;
+    dead fractions 0.1 and 0.3 (actor), 0.5 (critic0) and 0.7 (critic1)."""
+    writer = SummaryWriter(str(root / name / "tb"))
+    for step in range(100, 100 * n_logs + 1, 100):
+        writer.add_scalar("env/friction_segment", int(step >= 600), step)
+        writer.add_scalar("env/friction", 0.5 if step >= 600 else 2.0, step)
+        writer.add_scalar("rollout/ep_rew_mean", scale * step, step)
+        for tag, value in (("actor/l0", 0.1), ("actor/l1", 0.3), ("critic0/l0", 0.5), ("critic1/l0", 0.7)):
+            writer.add_scalar(f"health/{tag}/dead_frac", value, step)
+    writer.close()
+    return root / name
+
+
+def test_segment_table_averages_each_segments_last_fifth_over_runs(tmp_path):
+    full = plot.load_run(write_segment_run(tmp_path, "full", 1.0, n_logs=10))
+    short = plot.load_run(write_segment_run(tmp_path, "short", 2.0, n_logs=5))
+
+    rows = plot.segment_summary(full)
+
+    assert [(r["start"], r["end"], r["friction"]) for r in rows] == [(100, 600, 2.0), (600, 1000, 0.5)]
+    assert [r["return"] for r in rows] == [500.0, 1000.0]  # [500, 600) and [920, 1000]: the next start is out
+    assert rows[0]["dead_frac/actor"] == pytest.approx(0.2) and rows[0]["dead_frac/critic"] == pytest.approx(0.6)
+    assert plot.segment_summary(short)[0]["end"] == 500
+    table = plot.segment_table({"cbp": [full, short]}).splitlines()
+    assert table[table.index("### cbp") + 2].startswith("| segment | friction | steps | runs | return | dead units %")
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("| 0") or line.startswith("| 1")]
+    assert cells[0][:6] == ["0", "2", "100-600", "2", "750", "20.0 / 60.0"]  # short: 2 x 500, its last step only
+    assert cells[1][:5] == ["1", "0.5", "600-1k", "1", "1000"]
+    assert cells[0][6:] == ["– / –", "– / –"]
+
+
 def test_cli_two_methods_two_seeds_writes_return_and_health_figures(tmp_path):
     dirs = [str(write_run(tmp_path, f"{m}_s{s}", m, s)) for m in ("std", "cbp") for s in (0, 1)]
     out = tmp_path / "figures"
@@ -156,7 +188,8 @@ def test_cli_two_methods_two_seeds_writes_return_and_health_figures(tmp_path):
     result = run_cli(*dirs, "--out", str(out), "--bootstrap", "200", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert files_under(out) == {out / "return.png", out / "health.png"}
+    assert files_under(out) == {out / "return.png", out / "health.png", out / "segments.md"}
+    assert "### std" in (out / "segments.md").read_text() and "### cbp" in (out / "segments.md").read_text()
     assert str(out / "return.png") in result.stdout and str(out / "health.png") in result.stdout
     assert png_size(out / "return.png") == (1350, 720)  # 9 x 4.8 in at 150 dpi
     assert png_size(out / "health.png") == (1800, 1080)  # 2 x 2 panels
@@ -170,7 +203,7 @@ def test_cli_single_run_defaults_to_its_plots_folder(tmp_path):
     result = run_cli(str(run), cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert files_under(run / "plots") == {run / "plots" / "return.png", run / "plots" / "health.png"}
+    assert files_under(run / "plots") == {run / "plots" / name for name in ("return.png", "health.png", "segments.md")}
     assert png_size(run / "plots" / "return.png") == (1350, 720)
     assert (run / "plots" / "health.png").stat().st_size > 40_000
 
@@ -180,7 +213,7 @@ def test_run_without_health_tags_gives_only_the_return_figure(tmp_path, capsys):
 
     plot.main([str(run), "--out", str(tmp_path / "out")])
 
-    assert files_under(tmp_path / "out") == {tmp_path / "out" / "return.png"}
+    assert files_under(tmp_path / "out") == {tmp_path / "out" / "return.png", tmp_path / "out" / "segments.md"}
     assert "health.png not written" in capsys.readouterr().out
 
 
