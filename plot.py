@@ -324,28 +324,33 @@ def _segment_series(scalars: dict[str, Series]) -> dict[str, Series]:
 
 
 def segment_summary(run: Run) -> list[dict[str, float]]:
-    """Per friction segment of a run: ``start``, ``end`` (the next start, or the last logged step), ``friction``
-    and the tail means (see ``SEGMENT_TAIL``) of the return and health series (keys of `_segment_series`)."""
+    """Per friction segment of a run: ``start``, ``end`` (the next start, or the last logged step), ``friction``,
+    ``complete`` (1.0 unless it is the last segment of a run that stopped before its ``total_steps``) and the tail
+    means (see ``SEGMENT_TAIL``) of the return and health series (keys of `_segment_series`)."""
     segments = run_segments(run.scalars)
     if not segments or RETURN_TAG not in run.scalars:
         return []
     last = float(run.scalars[RETURN_TAG][0][-1])
+    finished = last >= float(run.config.get("total_steps", np.inf))
     series = _segment_series(run.scalars)
     rows = []
     ends = [start for start, _ in segments[1:]] + [last]
     for k, ((start, friction), end) in enumerate(zip(segments, ends)):
-        row = {"start": start, "end": end, "friction": np.nan if friction is None else friction}
         is_last = k == len(segments) - 1
+        row = {"start": start, "end": end, "friction": np.nan if friction is None else friction}
+        row["complete"] = float(finished or not is_last)
         rows.append(row | {key: _tail_mean(s, start, end, is_last) for key, s in series.items()})
     return rows
 
 
 def segment_table(groups: dict[str, list[Run]]) -> str:
-    """``segments.md``: per method, the k-th segments of its runs averaged (see :func:`segment_summary`)."""
+    """``segments.md``: per method, the k-th segments of its runs averaged (see :func:`segment_summary`): those
+    that completed it, or, if none did, the partial ones (marked)."""
     lines = [
         f"Means over the last {SEGMENT_TAIL:.0%} of each friction segment; health: actor / critic, each the mean "
-        "over the network's layers. With several runs: the mean over the runs that reached the segment; steps: "
-        "the median start and the latest end.",
+        "over the network's layers. With several runs: the mean over the runs that completed the segment (if none "
+        "did, over those that reached it: partial); steps: the median start and the latest end; friction: – where "
+        "the runs' frictions differ.",
     ]
     for method, runs in groups.items():
         per_run = [rows for rows in map(segment_summary, runs) if rows]
@@ -354,10 +359,14 @@ def segment_table(groups: dict[str, list[Run]]) -> str:
         header = ["segment", "friction", "steps", "runs"] + [name for name, *_ in SEGMENT_COLUMNS]
         lines += ["", f"### {method}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for k in range(max(map(len, per_run))):
-            kth = [rows[k] for rows in per_run if len(rows) > k]
-            mean = {key: _mean_of_logged([row.get(key, np.nan) for row in kth]) for key in kth[0]}
+            reached = [rows[k] for rows in per_run if len(rows) > k]
+            kth = [row for row in reached if row["complete"]] or reached
+            keys = {key for row in kth for key in row}
+            mean = {key: _mean_of_logged([row.get(key, np.nan) for row in kth]) for key in keys}
+            frictions = [row["friction"] for row in kth]
+            friction = frictions[0] if np.allclose(frictions, frictions[0], rtol=1e-3) else np.nan
             steps = f"{_eng(np.median([row['start'] for row in kth]))}-{_eng(max(row['end'] for row in kth))}"
-            cells = [str(k), _number(mean["friction"], "{:.3g}"), steps, str(len(kth))]
+            cells = [f"{k}" if kth[0]["complete"] else f"{k} (partial)", _number(friction, "{:.3g}"), steps, str(len(kth))]
             for _, metric, scale, fmt in SEGMENT_COLUMNS:
                 keys = ["return"] if metric is None else [f"{metric}/actor", f"{metric}/critic"]
                 cells.append(" / ".join(_number(scale * mean.get(key, np.nan), fmt) for key in keys))

@@ -149,13 +149,15 @@ def test_friction_segments_start_where_the_segment_changes(tmp_path):
     plot.plt.close(fig)
 
 
-def write_segment_run(root: Path, name: str, scale: float, n_logs: int) -> Path:
-    """A run logged every 100 steps from 100 whose friction changes at step 600: return ``scale × step``;
-    dead fractions 0.1 and 0.3 (actor), 0.5 (critic0) and 0.7 (critic1)."""
+def write_segment_run(root: Path, name: str, scale: float, n_logs: int, second_friction: float = 0.5) -> Path:
+    """A 1000-step run logged every 100 steps from 100 (up to ``n_logs`` of them) whose friction changes at step 600:
+    return ``scale × step``; dead fractions 0.1 and 0.3 (actor), 0.5 (critic0) and 0.7 (critic1)."""
+    (root / name).mkdir(parents=True)
+    (root / name / "config.yaml").write_text(yaml.safe_dump({"method": "cbp", "total_steps": 1000}))
     writer = SummaryWriter(str(root / name / "tb"))
     for step in range(100, 100 * n_logs + 1, 100):
         writer.add_scalar("env/friction_segment", int(step >= 600), step)
-        writer.add_scalar("env/friction", 0.5 if step >= 600 else 2.0, step)
+        writer.add_scalar("env/friction", second_friction if step >= 600 else 2.0, step)
         writer.add_scalar("rollout/ep_rew_mean", scale * step, step)
         for tag, value in (("actor/l0", 0.1), ("actor/l1", 0.3), ("critic0/l0", 0.5), ("critic1/l0", 0.7)):
             writer.add_scalar(f"health/{tag}/dead_frac", value, step)
@@ -163,22 +165,29 @@ def write_segment_run(root: Path, name: str, scale: float, n_logs: int) -> Path:
     return root / name
 
 
-def test_segment_table_averages_each_segments_last_fifth_over_runs(tmp_path):
+def table_rows(table: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ") and line[2].isdigit()]
+
+
+def test_segment_table_averages_each_segments_last_fifth_over_the_runs_that_completed_it(tmp_path):
     full = plot.load_run(write_segment_run(tmp_path, "full", 1.0, n_logs=10))
-    short = plot.load_run(write_segment_run(tmp_path, "short", 2.0, n_logs=5))
+    other = plot.load_run(write_segment_run(tmp_path, "other", 3.0, n_logs=10, second_friction=0.25))
+    stopped = plot.load_run(write_segment_run(tmp_path, "stopped", 2.0, n_logs=7))
 
     rows = plot.segment_summary(full)
 
-    assert [(r["start"], r["end"], r["friction"]) for r in rows] == [(100, 600, 2.0), (600, 1000, 0.5)]
+    assert [(r["start"], r["end"], r["friction"], r["complete"]) for r in rows] == [(100, 600, 2.0, 1), (600, 1000, 0.5, 1)]
     assert [r["return"] for r in rows] == [500.0, 1000.0]  # [500, 600) and [920, 1000]: the next start is out
     assert rows[0]["dead_frac/actor"] == pytest.approx(0.2) and rows[0]["dead_frac/critic"] == pytest.approx(0.6)
-    assert plot.segment_summary(short)[0]["end"] == 500
-    table = plot.segment_table({"cbp": [full, short]}).splitlines()
-    assert table[table.index("### cbp") + 2].startswith("| segment | friction | steps | runs | return | dead units %")
-    cells = [[c.strip() for c in line.strip("|").split("|")] for line in table if line.startswith("| 0") or line.startswith("| 1")]
-    assert cells[0][:6] == ["0", "2", "100-600", "2", "750", "20.0 / 60.0"]  # short: 2 x 500, its last step only
-    assert cells[1][:5] == ["1", "0.5", "600-1k", "1", "1000"]
-    assert cells[0][6:] == ["– / –", "– / –"]
+    assert [r["complete"] for r in plot.segment_summary(stopped)] == [1, 0]
+    table = plot.segment_table({"cbp": [full, stopped]})
+    assert "| segment | friction | steps | runs | return | dead units %" in table
+    first, second = table_rows(table)
+    assert first[:6] == ["0", "2", "100-600", "2", "750", "20.0 / 60.0"]  # stopped: 2 x 500
+    assert first[6:] == ["– / –", "– / –"]
+    assert second[:5] == ["1", "0.5", "600-1k", "1", "1000"]  # the stopped run's partial segment is left out
+    assert table_rows(plot.segment_table({"cbp": [stopped]}))[1][:5] == ["1 (partial)", "0.5", "600-700", "1", "1400"]
+    assert table_rows(plot.segment_table({"cbp": [full, other]}))[1][:5] == ["1", "–", "600-1k", "2", "2000"]
 
 
 def test_cli_two_methods_two_seeds_writes_return_and_health_figures(tmp_path):
