@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import envs  # noqa: F401  (registers the Slippery* ids)
-from agents.config import build_config, build_model, make_env, read_yaml, set_dotted
+from agents.config import build_config, build_model, check_resumable, make_env, read_yaml, set_dotted
 from agents.run import CLIParser, StopOnSignal, latest_checkpoint, load_checkpoint, make_callbacks, tensorboard_logger, write_run_files
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def resolve_config(args: argparse.Namespace):
     if args.resume:
-        data = read_yaml(args.resume / "config.yaml")
+        data = recorded = read_yaml(args.resume / "config.yaml")
     else:
         path = args.config or CONFIGS / args.algo / f"{args.method}.yaml"
         if not path.is_file():
@@ -60,7 +60,10 @@ def resolve_config(args: argparse.Namespace):
             data = set_dotted(data, f"{key}={value}")
     for assignment in args.set:
         data = set_dotted(data, assignment)
-    return build_config(data)
+    config = build_config(data)
+    if args.resume:
+        check_resumable(build_config(recorded), config)
+    return config
 
 
 def prepare_run_dir(args: argparse.Namespace, config) -> Path:

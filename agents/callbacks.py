@@ -118,28 +118,33 @@ class UnitHealthCallback(BaseCallback):
 
 class FrictionCallback(BaseCallback):
     """Logs the friction schedule from ``info``: ``env/friction``, ``env/friction_segment``, and
-    ``env/segment_return``, the mean episode return of a friction segment, when its last episode ends.
+    ``env/segment_return``, the mean episode return of a friction segment, once every sub-env has finished an
+    episode in a later segment (sub-envs change friction at their own episode ends).
 
     Needs episode statistics in ``info["episode"]`` (SB3's ``Monitor``/``VecMonitor``).
     """
 
     def __init__(self, verbose: int = 0):
         super().__init__(verbose)
-        self.segment: int | None = None
-        self.segment_returns: list[float] = []
+        self.env_segments: list[int | None] = []  # per sub-env: the segment of its last finished episode
+        self.segment_returns: dict[int, list[float]] = {}
 
     def _on_step(self) -> bool:
-        for info in self.locals["infos"]:
+        infos = self.locals["infos"]
+        if len(self.env_segments) != len(infos):
+            self.env_segments = [None] * len(infos)
+        for index, info in enumerate(infos):
             if "episode" in info and "friction_segment" in info:
-                self._episode_ended(info["friction_segment"], float(info["episode"]["r"]))
+                self._episode_ended(index, info["friction_segment"], float(info["episode"]["r"]))
         return True
 
-    def _episode_ended(self, segment: int, episode_return: float) -> None:
-        if self.segment is not None and segment != self.segment and self.segment_returns:
-            self.logger.record("env/segment_return", float(np.mean(self.segment_returns)))
-            self.segment_returns = []
-        self.segment = segment
-        self.segment_returns.append(episode_return)
+    def _episode_ended(self, index: int, segment: int, episode_return: float) -> None:
+        self.env_segments[index] = segment
+        self.segment_returns.setdefault(segment, []).append(episode_return)
+        if None in self.env_segments:
+            return
+        for passed in sorted(s for s in self.segment_returns if s < min(self.env_segments)):
+            self.logger.record("env/segment_return", float(np.mean(self.segment_returns.pop(passed))))
 
     def _on_rollout_end(self) -> None:
         infos = self.locals.get("infos") or []
@@ -148,8 +153,11 @@ class FrictionCallback(BaseCallback):
             self.logger.record("env/friction_segment", int(infos[0]["friction_segment"]))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"segment": self.segment, "segment_returns": list(self.segment_returns)}
+        returns = {str(segment): list(values) for segment, values in self.segment_returns.items()}
+        return {"env_segments": list(self.env_segments), "segment_returns": returns}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.segment = state["segment"]
-        self.segment_returns = list(state["segment_returns"])
+        if "segment" in state:  # written before segments were tracked per sub-env: one segment, one list
+            state = {"env_segments": [state["segment"]], "segment_returns": {str(state["segment"]): state["segment_returns"]}}
+        self.env_segments = list(state["env_segments"])
+        self.segment_returns = {int(segment): list(values) for segment, values in state["segment_returns"].items()}

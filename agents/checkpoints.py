@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -17,10 +22,7 @@ _STATE_FILE = re.compile(r"^(?P<prefix>.+)_run_state_(?P<steps>\d+)_steps\.json$
 
 def schedule_states(env: VecEnv) -> list[dict[str, Any]] | None:
     """The friction-schedule state of every sub-env, or None for envs without a schedule."""
-    try:
-        return env.env_method("get_schedule_state")
-    except AttributeError:
-        return None
+    return env.env_method("get_schedule_state") if env.has_attr("get_schedule_state") else None
 
 
 def restore_schedule_states(env: VecEnv, states: list[dict[str, Any]] | None) -> None:
@@ -33,17 +35,60 @@ def restore_schedule_states(env: VecEnv, states: list[dict[str, Any]] | None) ->
         env.env_method("set_schedule_state", state, indices=[index])
 
 
+def random_states(model: BaseAlgorithm) -> dict[str, Any]:
+    """The random streams an SB3 run draws from (torch, numpy, Python, the action space), as JSON values.
+
+    ``load()`` re-seeds them all from the run's seed; restoring them instead continues the streams of the run.
+    """
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+    version, state, gauss = random.getstate()
+    states = {
+        "torch": _encode(torch.get_rng_state()),
+        "numpy": numpy_state,
+        "python": [version, list(state), gauss],
+        "action_space": model.action_space.np_random.bit_generator.state,
+    }
+    if torch.cuda.is_initialized():
+        states["cuda"] = [_encode(state) for state in torch.cuda.get_rng_state_all()]
+    return states
+
+
+def restore_random_states(model: BaseAlgorithm, states: dict[str, Any] | None) -> None:
+    """Put the random streams back where :func:`random_states` found them (checkpoints without them: no-op)."""
+    if states is None:
+        return
+    torch.set_rng_state(_decode(states["torch"]))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_decode(state) for state in states["cuda"]])
+    numpy_state = dict(states["numpy"], state=dict(states["numpy"]["state"]))
+    numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    model.action_space.np_random.bit_generator.state = states["action_space"]
+
+
+def _encode(rng_state: torch.Tensor) -> str:
+    return base64.b64encode(rng_state.numpy().tobytes()).decode()
+
+
+def _decode(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
+
+
 class RunCheckpointCallback(CheckpointCallback):
     """SB3's ``CheckpointCallback`` that also writes the run state and keeps only the newest ``keep`` checkpoints.
 
     A checkpoint ``{prefix}_{steps}_steps.zip`` is complete once ``{prefix}_run_state_{steps}_steps.json``
     exists (it is written last, atomically); it holds ``num_timesteps``, the friction-schedule state of
-    every sub-env and the state of the ``stateful`` callbacks.
+    every sub-env, the state of the ``stateful`` callbacks and the random streams (:func:`random_states`).
 
     :param save_freq: save every ``save_freq`` calls of ``env.step()``, i.e. every ``save_freq × n_envs`` steps.
     :param save_path: folder of the checkpoints.
     :param keep: number of newest checkpoints kept (older ones are deleted); 0 keeps all.
-    :param save_replay_buffer: also save an off-policy algorithm's replay buffer (can be GBs).
+    :param save_replay_buffer: also save an off-policy algorithm's replay buffer (can be GBs); only the newest
+        checkpoint keeps its buffer, the one a resume reads.
     :param stateful: callbacks with ``state_dict()``/``load_state_dict()`` whose state belongs to the run.
     """
 
@@ -76,6 +121,7 @@ class RunCheckpointCallback(CheckpointCallback):
             "num_timesteps": self.model.num_timesteps,
             "schedule_states": schedule_states(self.model.get_env()),
             "callbacks": {name: callback.state_dict() for name, callback in self.stateful.items()},
+            "random_states": random_states(self.model),
         }
         state_path = Path(self._checkpoint_path("run_state_", extension="json"))
         temporary = state_path.with_suffix(".tmp")
@@ -87,9 +133,11 @@ class RunCheckpointCallback(CheckpointCallback):
         return model_path
 
     def _prune(self) -> None:
-        if self.keep <= 0:
-            return
-        for checkpoint in list_checkpoints(self.save_path, self.name_prefix)[: -self.keep]:
+        checkpoints = list_checkpoints(self.save_path, self.name_prefix)
+        for checkpoint in checkpoints[:-1]:
+            if checkpoint.replay_buffer is not None:
+                checkpoint.replay_buffer.unlink(missing_ok=True)
+        for checkpoint in checkpoints[: -self.keep] if self.keep > 0 else []:
             for path in checkpoint.files():
                 path.unlink(missing_ok=True)
 

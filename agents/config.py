@@ -57,7 +57,7 @@ class PolicyConfig:
 class CheckpointConfig:
     every: int = 500_000  # environment steps between checkpoints
     keep: int = 3  # newest checkpoints kept; 0 keeps all
-    replay_buffer: bool = False  # SAC: also save the replay buffer (large)
+    replay_buffer: bool = True  # off-policy: save the replay buffer (GBs) with the newest checkpoint, for exact resume
 
 
 @dataclass
@@ -129,6 +129,32 @@ def build_config(data: dict[str, Any]) -> Config:
     config = _build(Config, data, "")
     _check_choices(config)
     return config
+
+
+RESUMABLE = ("total_steps", "device", "torch_threads", "checkpoint.", "logging.")
+"""Settings (dotted keys, or prefixes ending in a dot) that a resumed run may change; the checkpoint fixes the rest."""
+
+
+def check_resumable(recorded: Config, requested: Config) -> None:
+    """``ValueError`` naming the first setting that differs between a run's recorded config and the one a resume
+    asks for, unless it is in ``RESUMABLE``."""
+    old, new = _flatten(recorded.to_dict()), _flatten(requested.to_dict())
+    for key in sorted(old.keys() | new.keys()):
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE):
+            raise ValueError(
+                f"--resume continues the run as recorded: {key!r} is {old.get(key)!r} there, not {new.get(key)!r} "
+                "(a resumed run can change only total_steps, device, torch_threads, checkpoint.* and logging.*)"
+            )
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[prefix + key] = value
+    return flat
 
 
 def _build(schema: type, data: Any, prefix: str) -> Any:

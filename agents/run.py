@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import signal
@@ -18,10 +19,11 @@ import yaml
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
+from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch.utils.tensorboard import SummaryWriter
 
 from .callbacks import FrictionCallback, UnitHealthCallback
-from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_schedule_states
+from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_random_states, restore_schedule_states
 from .config import ALGORITHMS, Config
 
 PACKAGES = ("cbp-rl", "torch", "stable-baselines3", "gymnasium", "mujoco", "numpy", "tensorboard")
@@ -91,11 +93,12 @@ def _git_commit() -> str | None:
 
 
 def tensorboard_logger(run_dir: Path, resume_step: int | None) -> Logger:
-    """SB3 logger writing TensorBoard events to ``run_dir/tb``; a resumed run purges events past its checkpoint."""
+    """SB3 logger writing TensorBoard events to ``run_dir/tb``; a resumed run purges the events logged after the step
+    of its checkpoint (those at that step stay: the resumed run logs from a later step on)."""
     output = TensorBoardOutputFormat(str(run_dir / "tb"))
     if resume_step is not None:
         output.writer.close()
-        output.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step)
+        output.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1)
     return Logger(folder=str(run_dir), output_formats=[output])
 
 
@@ -133,8 +136,27 @@ def load_checkpoint(config: Config, checkpoint: Checkpoint, env: Any, saver: Run
         raise ValueError(f"checkpoint {str(checkpoint.model)!r} cannot be loaded ({type(error).__name__}: {error})") from None
     if checkpoint.replay_buffer is not None:
         model.load_replay_buffer(checkpoint.replay_buffer)
+    elif isinstance(model, OffPolicyAlgorithm):
+        _refill_before_updates(model, checkpoint, _learning_starts(config))
     restore_schedule_states(env, state.get("schedule_states"))
+    restore_random_states(model, state.get("random_states"))
     for name, callback in saver.stateful.items():
         if name in state.get("callbacks", {}):
             callback.load_state_dict(state["callbacks"][name])
     return model
+
+
+def _learning_starts(config: Config) -> int:
+    """The off-policy warm-up of ``config``: its ``learning_starts``, or SB3's default."""
+    default = inspect.signature(ALGORITHMS[config.algo].__init__).parameters["learning_starts"].default
+    return config.algo_kwargs.get("learning_starts", default)
+
+
+def _refill_before_updates(model: OffPolicyAlgorithm, checkpoint: Checkpoint, warmup: int) -> None:
+    """Hold back the updates of a model resumed without its replay buffer until ``warmup`` steps have refilled it."""
+    model.learning_starts = model.num_timesteps + warmup
+    print(
+        f"note: {checkpoint.model.name} has no replay buffer: the resumed run takes {warmup} random-action steps to "
+        "refill it before updating again, so it is not an exact resume (checkpoint.replay_buffer: true keeps one)",
+        file=sys.stderr,
+    )

@@ -3,9 +3,11 @@
 import importlib
 import json
 import math
+import random
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,9 +15,13 @@ import torch
 import yaml
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import envs  # noqa: F401  (registers the Slippery* ids)
+from agents.checkpoints import schedule_states
+from agents.config import build_config
+from agents.run import load_checkpoint
 from agents import (
     CBPActorCriticPolicy,
     CBPSACPolicy,
@@ -267,8 +273,52 @@ def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):
     state = checkpoints[-1].load_run_state()
     assert state["num_timesteps"] == 1024
     assert len(state["schedule_states"]) == 2 and state["schedule_states"][0]["segment"] >= 1
-    assert state["callbacks"]["friction"]["segment"] == state["schedule_states"][0]["segment"]
+    assert state["callbacks"]["friction"]["env_segments"] == [s["segment"] for s in state["schedule_states"]]
     assert len(list(tmp_path.iterdir())) == 4
+
+
+def test_resuming_a_checkpoint_continues_the_random_streams_that_load_reseeds(tmp_path):
+    model = sac()
+    saver = RunCheckpointCallback(1, tmp_path)
+    saver.init_callback(model)
+    torch.manual_seed(5), np.random.seed(5), random.seed(5), model.action_space.seed(5)
+    saver.save_checkpoint()
+
+    def draws(action_space):
+        return torch.rand(3), np.random.rand(3), random.random(), action_space.sample()
+
+    expected = draws(model.action_space)
+    loaded = load_checkpoint(build_config({"algo": "sac"}), list_checkpoints(tmp_path)[-1], model.get_env(), saver)
+
+    actual = draws(loaded.action_space)  # SB3's load seeded every stream with the run's seed 0; then they were restored
+    assert torch.equal(actual[0], expected[0]) and np.array_equal(actual[1], expected[1]) and actual[2] == expected[2]
+    assert np.array_equal(actual[3], expected[3])
+
+
+def test_schedule_states_is_none_for_envs_without_a_schedule_and_their_workers_survive():
+    env = make_vec_env("Pendulum-v1", n_envs=2, vec_env_cls=SubprocVecEnv)
+    try:
+        assert schedule_states(env) is None
+        assert env.reset().shape == (2, 3)
+    finally:
+        env.close()
+
+
+def test_segment_return_waits_until_every_sub_env_has_left_the_segment():
+    logged = []
+    friction = FrictionCallback()
+    friction.model = SimpleNamespace(logger=SimpleNamespace(record=lambda key, value: logged.append((key, value))))
+    for env, segment, episode_return in [(0, 0, 10), (1, 0, 20), (0, 1, 100), (1, 0, 30), (1, 1, 200)]:
+        infos = [{"friction_segment": segment}, {}] if env == 0 else [{}, {"friction_segment": segment}]
+        infos[env]["episode"] = {"r": episode_return}
+        friction.locals = {"infos": infos}
+        friction._on_step()
+        assert logged == ([("env/segment_return", 20.0)] if (env, episode_return) == (1, 200) else [])
+    restored = FrictionCallback()
+    restored.load_state_dict(json.loads(json.dumps(friction.state_dict())))
+    assert restored.env_segments == [1, 1] and restored.segment_returns == {1: [100.0, 200.0]}
+    restored.load_state_dict({"segment": 3, "segment_returns": [1.0, 2.0]})  # a checkpoint of the one-list format
+    assert restored.env_segments == [3] and restored.segment_returns == {3: [1.0, 2.0]}
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from stable_baselines3 import SAC
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 import train
+from agents import list_checkpoints
+from agents.config import build_config, read_yaml
+from agents.run import tensorboard_logger
 from envs import FrictionSchedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +92,21 @@ def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
     assert len(json.loads((run / "metadata.json").read_text())) == 2
 
 
+def test_a_resumed_logger_purges_only_the_steps_after_the_checkpoint(tmp_path):
+    first = SummaryWriter(str(tmp_path / "tb"))
+    for step in (2, 4, 6, 8):
+        first.add_scalar("rollout/ep_rew_mean", step, step)
+    first.close()
+    time.sleep(1.1)  # event files are named by the second they were opened
+
+    logger = tensorboard_logger(tmp_path, resume_step=4)
+    logger.record("rollout/ep_rew_mean", 100.0)
+    logger.dump(step=5)
+    logger.close()
+
+    assert scalars(tmp_path)["rollout/ep_rew_mean"] == [(2, 2.0), (4, 4.0), (5, 100.0)]
+
+
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert run_train(*TINY_PPO, "--total-steps", 256, "--run-dir", run).returncode == 0
@@ -119,6 +139,49 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monke
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in error and len(error.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resume_may_change_only_the_run_length_device_threads_checkpoints_and_logging(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(build_config(read_yaml(ROOT / "configs/ppo/cbp.yaml")).to_dict()))
+    refused = {
+        ("--set", "algo_kwargs.ent_coef=0.01"): "'algo_kwargs.ent_coef' is 0.0 there, not 0.01",
+        ("--seed", "1"): "'seed' is 0 there, not 1",
+        ("--set", "policy.cbp.replacement_rate=0.001"): "'policy.cbp.replacement_rate' is 0.0001 there, not 0.001",
+    }
+    for args, message in refused.items():
+        with pytest.raises(SystemExit):
+            train.main(["--resume", str(run), *args])
+        error = capsys.readouterr().err
+        assert message in error and len(error.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(run), "--total-steps", "100", "--threads", "1", "--set", "logging.health=false",
+                    "--set", "checkpoint.keep=5", "--env", "SlipperyAnt"])
+    assert "has no complete checkpoint" in capsys.readouterr().err  # past the settings check
+    assert sorted(p.name for p in run.iterdir()) == ["config.yaml"]
+
+
+def test_sac_resume_reloads_the_newest_replay_buffer_or_refills_before_updating(tmp_path):
+    run = tmp_path / "sac"
+    result = run_train("--algo", "sac", "--env", "SlipperyHopper", "--total-steps", 300, "--checkpoint-every", 100,
+                       "--run-dir", run, "--set", "algo_kwargs.learning_starts=100", "--set", "algo_kwargs.buffer_size=1000",
+                       "--set", "policy.net_arch=[16,16]", "--set", "logging.health=false")
+    assert result.returncode == 0, result.stderr
+    assert [c.steps for c in list_checkpoints(run / "checkpoints")] == [100, 200, 300]
+    assert [p.name for p in (run / "checkpoints").glob("*replay_buffer*")] == ["model_replay_buffer_300_steps.pkl"]
+
+    def updates(steps: int) -> int:
+        return SAC.load(run / "checkpoints" / f"model_{steps}_steps.zip")._n_updates
+
+    result = run_train("--resume", run, "--total-steps", 400)
+    assert result.returncode == 0 and "replay buffer" not in result.stderr, result.stderr
+    assert updates(400) - updates(300) == 100
+    (run / "checkpoints" / "model_replay_buffer_400_steps.pkl").unlink()
+    result = run_train("--resume", run, "--total-steps", 550)
+    assert result.returncode == 0, result.stderr
+    assert "model_400_steps.zip has no replay buffer" in result.stderr and "takes 100 random-action steps" in result.stderr
+    assert updates(550) - updates(400) == 50
 
 
 def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
