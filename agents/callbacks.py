@@ -127,7 +127,7 @@ class FrictionCallback(BaseCallback):
     def __init__(self, verbose: int = 0):
         super().__init__(verbose)
         self.env_segments: list[int | None] = []  # per sub-env: the segment of its last finished episode
-        self.segment_returns: dict[int, list[float]] = {}
+        self.segment_totals: dict[int, list[float]] = {}  # per segment: [sum of returns, episodes]
 
     def _on_step(self) -> bool:
         infos = self.locals["infos"]
@@ -140,11 +140,14 @@ class FrictionCallback(BaseCallback):
 
     def _episode_ended(self, index: int, segment: int, episode_return: float) -> None:
         self.env_segments[index] = segment
-        self.segment_returns.setdefault(segment, []).append(episode_return)
+        totals = self.segment_totals.setdefault(segment, [0.0, 0])
+        totals[0] += episode_return
+        totals[1] += 1
         if None in self.env_segments:
             return
-        for passed in sorted(s for s in self.segment_returns if s < min(self.env_segments)):
-            self.logger.record("env/segment_return", float(np.mean(self.segment_returns.pop(passed))))
+        for passed in sorted(s for s in self.segment_totals if s < min(self.env_segments)):
+            total, episodes = self.segment_totals.pop(passed)
+            self.logger.record("env/segment_return", total / episodes)
 
     def _on_rollout_end(self) -> None:
         infos = self.locals.get("infos") or []
@@ -153,11 +156,12 @@ class FrictionCallback(BaseCallback):
             self.logger.record("env/friction_segment", int(infos[0]["friction_segment"]))
 
     def state_dict(self) -> dict[str, Any]:
-        returns = {str(segment): list(values) for segment, values in self.segment_returns.items()}
-        return {"env_segments": list(self.env_segments), "segment_returns": returns}
+        totals = {str(segment): list(total) for segment, total in self.segment_totals.items()}
+        return {"env_segments": list(self.env_segments), "segment_totals": totals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if "segment" in state:  # written before segments were tracked per sub-env: one segment, one list
-            state = {"env_segments": [state["segment"]], "segment_returns": {str(state["segment"]): state["segment_returns"]}}
+        if "segment" in state:  # written before segments were tracked per sub-env: one segment, every return
+            returns = state["segment_returns"]
+            state = {"env_segments": [state["segment"]], "segment_totals": {str(state["segment"]): [sum(returns), len(returns)]}}
         self.env_segments = list(state["env_segments"])
-        self.segment_returns = {int(segment): list(values) for segment, values in state["segment_returns"].items()}
+        self.segment_totals = {int(segment): list(total) for segment, total in state["segment_totals"].items()}

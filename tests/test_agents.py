@@ -316,9 +316,9 @@ def test_segment_return_waits_until_every_sub_env_has_left_the_segment():
         assert logged == ([("env/segment_return", 20.0)] if (env, episode_return) == (1, 200) else [])
     restored = FrictionCallback()
     restored.load_state_dict(json.loads(json.dumps(friction.state_dict())))
-    assert restored.env_segments == [1, 1] and restored.segment_returns == {1: [100.0, 200.0]}
+    assert restored.env_segments == [1, 1] and restored.segment_totals == {1: [300.0, 2]}
     restored.load_state_dict({"segment": 3, "segment_returns": [1.0, 2.0]})  # a checkpoint of the one-list format
-    assert restored.env_segments == [3] and restored.segment_returns == {3: [1.0, 2.0]}
+    assert restored.env_segments == [3] and restored.segment_totals == {3: [3.0, 2]}
 
 
 @pytest.mark.parametrize(
