@@ -56,7 +56,7 @@ class PolicyConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 500_000  # environment steps between checkpoints
-    keep: int = 3  # newest checkpoints kept; 0 keeps all
+    keep: int = 0  # newest checkpoints kept; 0 keeps all
     replay_buffer: bool = True  # off-policy: save the replay buffer (GBs) with the newest checkpoint, for exact resume
 
 
