@@ -38,14 +38,13 @@ from stable_baselines3.sac.policies import SACPolicy
 
 import agents  # noqa: F401  (the CBP policy classes the checkpoints refer to)
 from agents.callbacks import evenly_spaced
+from agents.evaluation import fixed_friction_env, run_episodes
 from agents.config import ALGORITHMS
 from agents.run import CLIParser
 import envs  # registers the Slippery* ids
 from cbp_rl import probe
 
 DEFAULT_FRICTIONS = (0.02, 0.1, 0.5, 1.0, 2.0)
-SCHEDULE_KEYS = ("change_every", "friction_range", "frictions", "friction", "schedule_seed")
-NOT_FOR_EVAL_ENV = (*SCHEDULE_KEYS, "n_envs")
 SUMMARY_METRICS = (("dead_frac", "dead%", 100.0), ("stable_rank_pct", "srank%", 1.0))
 
 
@@ -173,7 +172,7 @@ def _resolve_env_id(name: str) -> str:
 
 def _schedule(kwargs: dict[str, Any]) -> envs.FrictionSchedule:
     try:
-        return envs.FrictionSchedule(**{key: kwargs[key] for key in SCHEDULE_KEYS if key in kwargs})
+        return envs.FrictionSchedule(**{key: kwargs[key] for key in envs.SCHEDULE_KWARGS if key in kwargs})
     except (TypeError, ValueError) as err:
         raise InputError(f"env kwargs of config.yaml are invalid: {err}") from None
 
@@ -193,7 +192,7 @@ def resolve_run(paths: Sequence[Path], env_name: str | None) -> Run:
         raise InputError(f"{root / 'config.yaml'} has algo={config.get('algo')!r}: expected one of {', '.join(ALGORITHMS)}")
     kwargs = config["env"].get("kwargs") or {}
     env_id = _resolve_env_id(env_name or config["env"]["id"])
-    base_kwargs = {key: value for key, value in kwargs.items() if key not in NOT_FOR_EVAL_ENV}
+    base_kwargs = {key: value for key, value in kwargs.items() if key not in (*envs.SCHEDULE_KWARGS, "n_envs")}
     return Run(root, env_id, algo, config.get("method"), config.get("seed"), base_kwargs, _schedule(kwargs), targets)
 
 
@@ -232,7 +231,7 @@ def make_eval_envs(run: Run, frictions: Sequence[float], max_episode_steps: int 
     made: dict[float, gym.Env] = {}
     for friction in frictions:
         try:
-            made[friction] = gym.make(run.env_id, max_episode_steps=max_episode_steps, friction=friction, **run.env_kwargs)
+            made[friction] = fixed_friction_env(run.env_id, friction, run.env_kwargs, max_episode_steps)
         except Exception as err:  # gymnasium raises several types for bad kwargs
             close_envs(made)
             raise InputError(
@@ -259,25 +258,6 @@ def load_model(path: Path, algo: str, device: str, env: gym.Env) -> BaseAlgorith
             f"{model.action_space.shape}, the env has {env.observation_space.shape} and {env.action_space.shape}"
         )
     return model
-
-
-def run_episodes(
-    model: BaseAlgorithm, env: gym.Env, episodes: int, seed: int
-) -> tuple[list[float], list[np.ndarray], list[np.ndarray]]:
-    """Returns of ``episodes`` deterministic episodes seeded ``seed, seed+1, ...``, with the observations and actions."""
-    returns, observations, actions = [], [], []
-    for episode in range(episodes):
-        obs, _ = env.reset(seed=seed + episode)
-        total, done = 0.0, False
-        while not done:
-            action, _ = model.predict(obs, deterministic=True)
-            observations.append(obs)
-            actions.append(action)
-            obs, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            done = terminated or truncated
-        returns.append(total)
-    return returns, observations, actions
 
 
 def unit_health(model: BaseAlgorithm, observations: list[np.ndarray], actions: list[np.ndarray]) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from .callbacks import FrictionCallback, UnitHealthCallback
 from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_schedule_states, schedule_states
+from .evaluation import FrictionEvalCallback, fixed_friction_env, run_episodes
 from .policies import METHODS, POLICY_INITS, CBPActorCriticPolicy, CBPSACPolicy, init_policy_, resolve_settings
 from .sites import network_parameters, policy_heads, policy_sites, probe_forward
 
@@ -14,6 +15,9 @@ __all__ = [
     "init_policy_",
     "UnitHealthCallback",
     "FrictionCallback",
+    "FrictionEvalCallback",
+    "fixed_friction_env",
+    "run_episodes",
     "RunCheckpointCallback",
     "Checkpoint",
     "list_checkpoints",

@@ -66,6 +66,9 @@ class LoggingConfig:
     health_every: int = 10_000  # SAC: environment steps between health probes (PPO: every rollout)
     probe_size: int = PROBE_SIZE  # observations per health probe (the paper's 1000)
     utility_histograms: bool = True  # CBP utility histograms in TensorBoard
+    eval_frictions: list = field(default_factory=list)  # fixed frictions for eval/return_at_friction_{f}; empty: none
+    eval_every: int = 500_000  # environment steps between two of those evaluations
+    eval_episodes: int = 5  # deterministic episodes per friction and evaluation
 
 
 @dataclass
@@ -200,7 +203,16 @@ def _check_choices(config: Config) -> None:
         config.env.kwargs.setdefault("schedule_seed", config.seed)
     if config.torch_threads is not None and config.torch_threads <= 0:
         raise ValueError(f"config key 'torch_threads'={config.torch_threads!r} is invalid: expected a positive integer or null")
-    for key in ("total_steps", "checkpoint.every", "env.n_envs", "logging.health_every", "logging.probe_size"):
+    try:
+        for friction in config.logging.eval_frictions:
+            envs.check_friction("friction", friction)
+    except ValueError:
+        frictions = config.logging.eval_frictions
+        raise ValueError(f"config key 'logging.eval_frictions'={frictions!r} is invalid: expected positive frictions") from None
+    if config.logging.eval_frictions and not is_slippery(config.env.id):
+        raise ValueError(f"config key 'logging.eval_frictions' needs a Slippery* env, not {config.env.id!r}")
+    positive = ("total_steps", "checkpoint.every", "env.n_envs", "logging.health_every", "logging.probe_size")
+    for key in (*positive, "logging.eval_every", "logging.eval_episodes"):
         value = _get(config, key)
         if value <= 0:
             raise ValueError(f"config key {key!r}={value!r} is invalid: expected a positive integer")

@@ -25,6 +25,7 @@ from torch.utils.tensorboard import SummaryWriter
 from .callbacks import FrictionCallback, UnitHealthCallback
 from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_random_states, restore_schedule_states
 from .config import ALGORITHMS, Config
+from .evaluation import FrictionEvalCallback
 
 PACKAGES = ("cbp-rl", "torch", "stable-baselines3", "gymnasium", "mujoco", "numpy", "tensorboard")
 
@@ -103,7 +104,7 @@ def tensorboard_logger(run_dir: Path, resume_step: int | None) -> Logger:
 
 
 def make_callbacks(config: Config, run_dir: Path, stop: StopOnSignal) -> tuple[CallbackList, RunCheckpointCallback]:
-    """Friction and health logging, checkpoints, and the signal stop, in that order."""
+    """Friction, health and fixed-friction evaluation logging, checkpoints, and the signal stop, in that order."""
     friction = FrictionCallback()
     saver = RunCheckpointCallback(
         save_freq=max(1, config.checkpoint.every // config.env.n_envs),
@@ -113,9 +114,14 @@ def make_callbacks(config: Config, run_dir: Path, stop: StopOnSignal) -> tuple[C
         stateful={"friction": friction},
     )
     callbacks: list[BaseCallback] = [friction]
-    if config.logging.health:
+    logging = config.logging
+    if logging.health:
+        callbacks.append(UnitHealthCallback(logging.health_every, logging.probe_size, logging.utility_histograms))
+    if logging.eval_frictions:
         callbacks.append(
-            UnitHealthCallback(config.logging.health_every, config.logging.probe_size, config.logging.utility_histograms)
+            FrictionEvalCallback(
+                config.env.id, logging.eval_frictions, logging.eval_every, logging.eval_episodes, config.seed, config.env.kwargs
+            )
         )
     return CallbackList([*callbacks, saver, stop]), saver
 

@@ -32,6 +32,10 @@ def check_positive_int(name: str, value: object, unit: str) -> int:
     return int(value)
 
 
+SCHEDULE_KWARGS = ("change_every", "friction_range", "frictions", "friction", "schedule_seed")
+"""The env kwargs that make a Slippery env's friction schedule (the arguments of `FrictionSchedule`)."""
+
+
 def check_friction(name: str, value: object) -> float:
     """Return ``value`` as a ``float``, or raise ``ValueError`` if it is not a positive finite number."""
     if not _is_positive_number(value):

@@ -130,6 +130,8 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
         (["--resume", "nowhere"], "is not a run directory"),
         (["--set", "novalue"], "expected key=value"),
         (["--threads", "0"], "'torch_threads'=0 is invalid"),
+        (["--set", "logging.eval_frictions=[0.5,-1]"], "'logging.eval_frictions'=[0.5, -1] is invalid"),
+        (["--env", "Hopper-v5", "--set", "logging.eval_frictions=[1]"], "'logging.eval_frictions' needs a Slippery* env"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -196,9 +198,14 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
     assert (run / "keep.txt").exists()
 
 
-def test_same_seed_gives_the_same_run(tmp_path):
-    for name in ("a", "b"):
-        assert run_train(*TINY_PPO, "--total-steps", 512, "--seed", 7, "--run-dir", tmp_path / name).returncode == 0
+def test_same_seed_gives_the_same_run_and_evaluating_at_fixed_frictions_leaves_it_unchanged(tmp_path):
+    evaluation = ("--set", "logging.eval_frictions=[0.05,2.0]", "--set", "logging.eval_every=256", "--set", "logging.eval_episodes=2")
+    for name, extra in (("a", ()), ("b", evaluation)):
+        assert run_train(*TINY_PPO, "--total-steps", 512, "--seed", 7, "--run-dir", tmp_path / name, *extra).returncode == 0
     first, second = (scalars(tmp_path / name) for name in ("a", "b"))
     assert first["rollout/ep_rew_mean"] == second["rollout/ep_rew_mean"]
     assert first["health/actor/l1/effective_rank"] == second["health/actor/l1/effective_rank"]
+    slippery, grippy = second["eval/return_at_friction_0.05"], second["eval/return_at_friction_2"]
+    assert [step for step, _ in slippery] == [step for step, _ in grippy] == [256, 512]
+    assert [value for _, value in slippery] != [value for _, value in grippy]
+    assert not any(tag.startswith("eval/") for tag in first)
