@@ -14,7 +14,8 @@ first put on a common step grid: linear interpolation over the overlap of their 
   logged ``health/`` tags.
 - ``segments.md``: a table per method, one row per friction segment: its friction and steps, and
   the means over the segment's last fifth (after adapting to the friction) of the return and of
-  dead units, stable rank and weight magnitude of the actor and the critic(s); averaged over runs.
+  dead units, stable rank and weight magnitude of the actor and the critic(s); averaged over runs. The
+  segment a run stopped in (before its ``total_steps``) counts only where no run completed it, marked partial.
 
 Usage::
 
@@ -52,6 +53,7 @@ Series = tuple[np.ndarray, np.ndarray]
 RETURN_TAG = "rollout/ep_rew_mean"
 FRICTION_TAG = "env/friction"
 SEGMENT_TAGS = ("env/friction_segment", "env/segment")
+CHECKPOINT_STATE = re.compile(r"^.+_run_state_(\d+)_steps\.json$")
 HEALTH_TAG = re.compile(r"^health/(?P<net>[^/]+)/(?P<site>[^/]+)/(?P<metric>[^/]+)$")
 STEPS_LABEL = "environment steps"
 LINESTYLES = ("-", "--", ":", "-.")
@@ -77,6 +79,7 @@ class Run:
     method: str
     config: dict[str, Any]
     scalars: dict[str, Series]
+    checkpoint_steps: int | None = None  # steps of its newest checkpoint: train.py writes one when learn() ends
 
 
 @dataclass
@@ -193,7 +196,12 @@ def load_run(run_dir: str | Path) -> Run:
             raise ValueError(f"{path / 'config.yaml'} is not valid YAML ({err.__class__.__name__})") from None
     config = config if isinstance(config, dict) else {}
     method = str(config.get("method") or path.resolve().name)
-    return Run(path, method, config, load_scalars(path))
+    return Run(path, method, config, load_scalars(path), _newest_checkpoint_steps(path))
+
+
+def _newest_checkpoint_steps(run_dir: Path) -> int | None:
+    steps = [int(m[1]) for p in run_dir.glob("checkpoints/*_run_state_*_steps.json") if (m := CHECKPOINT_STATE.match(p.name))]
+    return max(steps, default=None)
 
 
 def load_runs(run_dirs: Sequence[str]) -> list[Run]:
@@ -325,13 +333,14 @@ def _segment_series(scalars: dict[str, Series]) -> dict[str, Series]:
 
 def segment_summary(run: Run) -> list[dict[str, float]]:
     """Per friction segment of a run: ``start``, ``end`` (the next start, or the last logged step), ``friction``,
-    ``complete`` (1.0 unless it is the last segment of a run that stopped before its ``total_steps``) and the tail
+    ``complete`` (1.0 unless it is the last segment of a run that stopped before its ``total_steps``: its last
+    logged step and its newest checkpoint are both short of them) and the tail
     means (see ``SEGMENT_TAIL``) of the return and health series (keys of `_segment_series`)."""
     segments = run_segments(run.scalars)
     if not segments or RETURN_TAG not in run.scalars:
         return []
     last = float(run.scalars[RETURN_TAG][0][-1])
-    finished = last >= float(run.config.get("total_steps", np.inf))
+    finished = max(last, run.checkpoint_steps or 0) >= float(run.config.get("total_steps", np.inf))
     series = _segment_series(run.scalars)
     rows = []
     ends = [start for start, _ in segments[1:]] + [last]

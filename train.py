@@ -26,9 +26,9 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = CLIParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--env", help="short name (SlipperyAnt, SlipperyHalfCheetah, ...) or any gymnasium id")
-    parser.add_argument("--algo", choices=("ppo", "sac"), default="ppo", help="SB3 algorithm (default: ppo)")
+    parser.add_argument("--algo", choices=("ppo", "sac"), help="SB3 algorithm (default: ppo)")
     methods = ", ".join(sorted(p.stem for p in (CONFIGS / "ppo").glob("*.yaml") if p.stem != "base"))
-    parser.add_argument("--method", default="cbp", help=f"config name in configs/{{algo}}/, e.g. {methods} (default: cbp)")
+    parser.add_argument("--method", help=f"config name in configs/{{algo}}/, e.g. {methods} (default: cbp)")
     parser.add_argument("--config", type=Path, help="a YAML config file instead of --method")
     parser.add_argument("--seed", type=int, help="seed of the networks, env resets and friction sequence")
     parser.add_argument("--total-steps", type=int, help="environment steps to train for (default: the config's)")
@@ -46,12 +46,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def resolve_config(args: argparse.Namespace):
     if args.resume:
+        given = [flag for flag in ("algo", "method", "config", "run_dir") if getattr(args, flag) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise ValueError(f"--resume takes the algorithm, method, config and folder from the run: drop {flag}")
         data = recorded = read_yaml(args.resume / "config.yaml")
     else:
-        path = args.config or CONFIGS / args.algo / f"{args.method}.yaml"
+        algo, method = args.algo or "ppo", args.method or "cbp"
+        path = args.config or CONFIGS / algo / f"{method}.yaml"
         if not path.is_file():
-            methods = sorted(p.stem for p in (CONFIGS / args.algo).glob("*.yaml") if p.stem != "base")
-            raise ValueError(f"method {args.method!r} is unknown for {args.algo}: expected one of {', '.join(methods)} or --config PATH")
+            methods = sorted(p.stem for p in (CONFIGS / algo).glob("*.yaml") if p.stem != "base")
+            raise ValueError(f"method {method!r} is unknown for {algo}: expected one of {', '.join(methods)} or --config PATH")
         data = read_yaml(path)
     flags = {"env.id": args.env, "seed": args.seed, "total_steps": args.total_steps, "env.n_envs": args.n_envs,
              "env.kwargs.change_every": args.change_every, "device": args.device, "checkpoint.every": args.checkpoint_every, "torch_threads": args.threads}
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the run already has {model.num_timesteps} of {config.total_steps} steps: nothing to do")
         return 0
     model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=checkpoint is None)
+    model.logger.dump_pending(model.num_timesteps)
     saver.save_checkpoint()
     if stop.signal_number is not None:
         print(f"stopped by signal {stop.signal_number} at step {model.num_timesteps}; continue with --resume {run_dir}")

@@ -161,7 +161,8 @@ class FrictionCallback(BaseCallback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "segment" in state:  # written before segments were tracked per sub-env: one segment, every return
-            returns = state["segment_returns"]
-            state = {"env_segments": [state["segment"]], "segment_totals": {str(state["segment"]): [sum(returns), len(returns)]}}
+            segment, returns = state["segment"], state["segment_returns"]
+            totals = {} if segment is None else {str(segment): [sum(returns), len(returns)]}
+            state = {"env_segments": [segment], "segment_totals": totals}
         self.env_segments = list(state["env_segments"])
         self.segment_totals = {int(segment): list(total) for segment, total in state["segment_totals"].items()}

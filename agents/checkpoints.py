@@ -59,8 +59,9 @@ def restore_random_states(model: BaseAlgorithm, states: dict[str, Any] | None) -
     if states is None:
         return
     torch.set_rng_state(_decode(states["torch"]))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([_decode(state) for state in states["cuda"]])
+    if torch.cuda.is_available():
+        for device, state in enumerate(states.get("cuda", [])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(_decode(state), device)
     numpy_state = dict(states["numpy"], state=dict(states["numpy"]["state"]))
     numpy_state["state"]["key"] = np.array(numpy_state["state"]["key"], dtype=np.uint32)
     np.random.set_state(numpy_state)

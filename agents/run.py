@@ -93,14 +93,32 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-def tensorboard_logger(run_dir: Path, resume_step: int | None) -> Logger:
+class RunLogger(Logger):
+    """SB3's ``Logger`` that remembers the step of its last dump."""
+
+    def __init__(self, folder: str | None, output_formats: list[Any]):
+        super().__init__(folder, output_formats)
+        self.last_dump_step: int | None = None
+
+    def dump(self, step: int = 0) -> None:
+        super().dump(step)
+        self.last_dump_step = step
+
+    def dump_pending(self, step: int) -> None:
+        """Write what was recorded since the last dump, e.g. when ``learn()`` stopped between two of SB3's dumps,
+        unless that dump was at ``step`` (SB3's own last dump of a run that ran to its end)."""
+        if self.name_to_value and step != self.last_dump_step:
+            self.dump(step)
+
+
+def tensorboard_logger(run_dir: Path, resume_step: int | None) -> RunLogger:
     """SB3 logger writing TensorBoard events to ``run_dir/tb``; a resumed run purges the events logged after the step
     of its checkpoint (those at that step stay: the resumed run logs from a later step on)."""
     output = TensorBoardOutputFormat(str(run_dir / "tb"))
     if resume_step is not None:
         output.writer.close()
         output.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1)
-    return Logger(folder=str(run_dir), output_formats=[output])
+    return RunLogger(folder=str(run_dir), output_formats=[output])
 
 
 def make_callbacks(config: Config, run_dir: Path, stop: StopOnSignal) -> tuple[CallbackList, RunCheckpointCallback]:

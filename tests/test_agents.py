@@ -319,6 +319,8 @@ def test_segment_return_waits_until_every_sub_env_has_left_the_segment():
     assert restored.env_segments == [1, 1] and restored.segment_totals == {1: [300.0, 2]}
     restored.load_state_dict({"segment": 3, "segment_returns": [1.0, 2.0]})  # a checkpoint of the one-list format
     assert restored.env_segments == [3] and restored.segment_totals == {3: [3.0, 2]}
+    restored.load_state_dict({"segment": None, "segment_returns": []})  # that format before any episode ended
+    assert restored.env_segments == [None] and restored.segment_totals == {}
 
 
 @pytest.mark.parametrize(

@@ -180,6 +180,9 @@ def test_segment_table_averages_each_segments_last_fifth_over_the_runs_that_comp
     assert [r["return"] for r in rows] == [500.0, 1000.0]  # [500, 600) and [920, 1000]: the next start is out
     assert rows[0]["dead_frac/actor"] == pytest.approx(0.2) and rows[0]["dead_frac/critic"] == pytest.approx(0.6)
     assert [r["complete"] for r in plot.segment_summary(stopped)] == [1, 0]
+    (tmp_path / "stopped" / "checkpoints").mkdir()
+    (tmp_path / "stopped" / "checkpoints" / "model_run_state_1000_steps.json").write_text("{}")
+    assert plot.segment_summary(plot.load_run(tmp_path / "stopped"))[-1]["complete"] == 1  # finished, logged last at 700
     table = plot.segment_table({"cbp": [full, stopped]})
     assert "| segment | friction | steps | runs | return | dead units %" in table
     first, second = table_rows(table)

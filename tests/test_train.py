@@ -107,6 +107,19 @@ def test_a_resumed_logger_purges_only_the_steps_after_the_checkpoint(tmp_path):
     assert scalars(tmp_path)["rollout/ep_rew_mean"] == [(2, 2.0), (4, 4.0), (5, 100.0)]
 
 
+def test_values_recorded_after_the_last_dump_are_written_at_the_stop_step(tmp_path):
+    logger = tensorboard_logger(tmp_path, resume_step=None)
+    logger.record("env/segment_return", 1.0)
+    logger.dump(step=4)
+    logger.record("train/loss", 2.0)
+    logger.dump_pending(4)  # a run that ended at SB3's own last dump: as SB3 leaves it
+    logger.record("env/segment_return", 3.0)
+    logger.dump_pending(6)  # a run stopped between two dumps
+    logger.close()
+
+    assert scalars(tmp_path) == {"env/segment_return": [(4, 1.0), (6, 3.0)], "train/loss": [(6, 2.0)]}
+
+
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
     run = tmp_path / "run"
     assert run_train(*TINY_PPO, "--total-steps", 256, "--run-dir", run).returncode == 0
@@ -151,6 +164,9 @@ def test_resume_may_change_only_the_run_length_device_threads_checkpoints_and_lo
         ("--set", "algo_kwargs.ent_coef=0.01"): "'algo_kwargs.ent_coef' is 0.0 there, not 0.01",
         ("--seed", "1"): "'seed' is 0 there, not 1",
         ("--set", "policy.cbp.replacement_rate=0.001"): "'policy.cbp.replacement_rate' is 0.0001 there, not 0.001",
+        ("--algo", "sac"): "takes the algorithm, method, config and folder from the run: drop --algo",
+        ("--method", "cbp"): "drop --method",
+        ("--run-dir", str(tmp_path / "elsewhere")): "drop --run-dir",
     }
     for args, message in refused.items():
         with pytest.raises(SystemExit):
