@@ -192,8 +192,7 @@ def resolve_run(paths: Sequence[Path], env_name: str | None) -> Run:
         raise InputError(f"{root / 'config.yaml'} has algo={config.get('algo')!r}: expected one of {', '.join(ALGORITHMS)}")
     kwargs = config["env"].get("kwargs") or {}
     env_id = _resolve_env_id(env_name or config["env"]["id"])
-    base_kwargs = {key: value for key, value in kwargs.items() if key not in (*envs.SCHEDULE_KWARGS, "n_envs")}
-    return Run(root, env_id, algo, config.get("method"), config.get("seed"), base_kwargs, _schedule(kwargs), targets)
+    return Run(root, env_id, algo, config.get("method"), config.get("seed"), kwargs, _schedule(kwargs), targets)
 
 
 # ---------------------------------------------------------------- friction grid

@@ -38,6 +38,8 @@ import numpy as np
 import yaml
 from tensorboard.backend.event_processing import event_accumulator as ea
 
+from agents import list_checkpoints
+
 try:
     import matplotlib
 
@@ -53,7 +55,6 @@ Series = tuple[np.ndarray, np.ndarray]
 RETURN_TAG = "rollout/ep_rew_mean"
 FRICTION_TAG = "env/friction"
 SEGMENT_TAGS = ("env/friction_segment", "env/segment")
-CHECKPOINT_STATE = re.compile(r"^.+_run_state_(\d+)_steps\.json$")
 HEALTH_TAG = re.compile(r"^health/(?P<net>[^/]+)/(?P<site>[^/]+)/(?P<metric>[^/]+)$")
 STEPS_LABEL = "environment steps"
 LINESTYLES = ("-", "--", ":", "-.")
@@ -196,12 +197,8 @@ def load_run(run_dir: str | Path) -> Run:
             raise ValueError(f"{path / 'config.yaml'} is not valid YAML ({err.__class__.__name__})") from None
     config = config if isinstance(config, dict) else {}
     method = str(config.get("method") or path.resolve().name)
-    return Run(path, method, config, load_scalars(path), _newest_checkpoint_steps(path))
-
-
-def _newest_checkpoint_steps(run_dir: Path) -> int | None:
-    steps = [int(m[1]) for p in run_dir.glob("checkpoints/*_run_state_*_steps.json") if (m := CHECKPOINT_STATE.match(p.name))]
-    return max(steps, default=None)
+    checkpoints = list_checkpoints(path / "checkpoints")
+    return Run(path, method, config, load_scalars(path), checkpoints[-1].steps if checkpoints else None)
 
 
 def load_runs(run_dirs: Sequence[str]) -> list[Run]:
@@ -377,8 +374,8 @@ def segment_table(groups: dict[str, list[Run]]) -> str:
             steps = f"{_eng(np.median([row['start'] for row in kth]))}-{_eng(max(row['end'] for row in kth))}"
             cells = [f"{k}" if kth[0]["complete"] else f"{k} (partial)", _number(friction, "{:.3g}"), steps, str(len(kth))]
             for _, metric, scale, fmt in SEGMENT_COLUMNS:
-                keys = ["return"] if metric is None else [f"{metric}/actor", f"{metric}/critic"]
-                cells.append(" / ".join(_number(scale * mean.get(key, np.nan), fmt) for key in keys))
+                columns = ["return"] if metric is None else [f"{metric}/actor", f"{metric}/critic"]
+                cells.append(" / ".join(_number(scale * mean.get(column, np.nan), fmt) for column in columns))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

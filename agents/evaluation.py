@@ -70,11 +70,14 @@ class FrictionEvalCallback(BaseCallback):
         self._next_eval = eval_every
 
     def _on_training_start(self) -> None:
+        self._schedule_next()
+
+    def _schedule_next(self) -> None:
         self._next_eval = (self.num_timesteps // self.eval_every + 1) * self.eval_every
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next_eval:
-            self._next_eval = (self.num_timesteps // self.eval_every + 1) * self.eval_every
+            self._schedule_next()
             for friction, env in self.envs.items():
                 returns, _, _ = run_episodes(self.model, env, self.episodes, self.seed)
                 self.logger.record(f"eval/return_at_friction_{friction:g}", float(np.mean(returns)))

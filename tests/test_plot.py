@@ -182,6 +182,7 @@ def test_segment_table_averages_each_segments_last_fifth_over_the_runs_that_comp
     assert [r["complete"] for r in plot.segment_summary(stopped)] == [1, 0]
     (tmp_path / "stopped" / "checkpoints").mkdir()
     (tmp_path / "stopped" / "checkpoints" / "model_run_state_1000_steps.json").write_text("{}")
+    (tmp_path / "stopped" / "checkpoints" / "model_1000_steps.zip").write_bytes(b"")
     assert plot.segment_summary(plot.load_run(tmp_path / "stopped"))[-1]["complete"] == 1  # finished, logged last at 700
     table = plot.segment_table({"cbp": [full, stopped]})
     assert "| segment | friction | steps | runs | return | dead units %" in table
