@@ -198,6 +198,15 @@ def resolve_run(paths: Sequence[Path], env_name: str | None) -> Run:
 # ---------------------------------------------------------------- friction grid
 
 
+def shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when inside it, so result files name no machine's folders."""
+    path = path.resolve()
+    try:
+        return str(path.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
 def round_friction(friction: float) -> float:
     """A friction rounded to 4 significant digits (how the grid names it)."""
     return float(f"{friction:.4g}")
@@ -282,7 +291,7 @@ def evaluate_checkpoint(
         actions += acts
         records.append(
             {
-                "checkpoint": str(target.model.resolve()),
+                "checkpoint": shown_path(target.model),
                 "steps": target.steps,
                 "friction": friction,
                 "trained": friction in trained,
@@ -411,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     print_table(records)
     metadata = {
-        "run_dir": str(run.root),
+        "run_dir": shown_path(run.root),
         "env_id": run.env_id,
         "algo": run.algo,
         "method": run.method,

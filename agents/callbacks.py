@@ -29,7 +29,8 @@ class UnitHealthCallback(BaseCallback):
     """Logs DESIGN §4 unit-health metrics of every site of the actor and critic(s), and CBP's activity.
 
     On-policy algorithms (PPO) are probed at every rollout end on that rollout's observations;
-    off-policy ones (SAC) every ``log_every`` environment steps on the newest replay transitions.
+    off-policy ones (SAC) every ``log_every`` environment steps on the newest replay transitions, dumping the logger
+    then, so the values carry the step they were measured at (SB3 dumps off-policy logs only every few episodes).
     Tags: ``health/{network}/{site}/{metric}``, ``health/{network}/{head}/weight_mag``,
     ``health/{network}/grad_norm`` (last update), ``{method}/{network}/{site}/replaced`` (cumulative units
     replaced by CBP or ReDo), ``cbp/{network}/{site}/mean_age`` and, in TensorBoard only,
@@ -61,6 +62,7 @@ class UnitHealthCallback(BaseCallback):
             if batch is not None:
                 self._last_probe = self.num_timesteps
                 self.log_health(*batch)
+                self.logger.dump(self.num_timesteps)
         return True
 
     def _on_rollout_end(self) -> None:

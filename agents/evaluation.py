@@ -46,7 +46,8 @@ class FrictionEvalCallback(BaseCallback):
 
     The episodes run on envs of their own, seeded ``seed, seed+1, ...`` at every evaluation, and deterministic actions
     draw no random numbers, so evaluating leaves the training run unchanged. A resumed run keeps the cadence: it
-    evaluates whenever ``num_timesteps`` passes a multiple of ``eval_every``.
+    evaluates whenever ``num_timesteps`` passes a multiple of ``eval_every``. Like SB3's ``EvalCallback``, it dumps the
+    logger at that step, so the values carry the step they were measured at.
 
     :param env_id: the training env's id (a Slippery* env).
     :param frictions: the fixed frictions to evaluate at.
@@ -81,4 +82,5 @@ class FrictionEvalCallback(BaseCallback):
             for friction, env in self.envs.items():
                 returns, _, _ = run_episodes(self.model, env, self.episodes, self.seed)
                 self.logger.record(f"eval/return_at_friction_{friction:g}", float(np.mean(returns)))
+            self.logger.dump(self.num_timesteps)
         return True

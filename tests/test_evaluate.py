@@ -138,6 +138,17 @@ def evaluate_in_process(path: Path, out: Path) -> dict[tuple[int, float], list[f
     return {(r["steps"], r["friction"]): r["returns"] for r in json.loads((out / "evaluation.json").read_text())["records"]}
 
 
+def test_paths_inside_the_working_directory_are_recorded_relative(
+    ppo_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(ppo_run.parent)
+    checkpoint = Path(ppo_run.name, "checkpoints", "model_128_steps.zip")
+    evaluate.main([str(checkpoint), *FAST, "--out", str(tmp_path / "out")])
+    data = json.loads((tmp_path / "out" / "evaluation.json").read_text())
+    assert data["run_dir"] == ppo_run.name
+    assert {r["checkpoint"] for r in data["records"]} == {str(checkpoint)}
+
+
 def test_sac_checkpoint_without_config_takes_algo_from_zip(sac_checkpoint: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = run_cli(sac_checkpoint, *FAST, "--env", "SlipperyHopper", "--health", "--out", out)

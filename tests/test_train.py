@@ -61,7 +61,8 @@ def test_sac_run(tmp_path):
                        "--set", "policy.cbp.replacement_rate=0.01", "--set", "logging.health_every=100")
     assert result.returncode == 0, result.stderr
     tags = scalars(tmp_path / "sac")
-    assert tags["cbp/critic1/l0/replaced"][-1][1] > 0 and "health/actor/l1/effective_rank" in tags
+    assert tags["cbp/critic1/l0/replaced"][-1][1] > 0
+    assert [step for step, _ in tags["health/actor/l1/effective_rank"]] == [2, 102, 202]  # at the probes' own steps
 
 
 def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
@@ -214,14 +215,22 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
     assert (run / "keep.txt").exists()
 
 
-def test_same_seed_gives_the_same_run_and_evaluating_at_fixed_frictions_leaves_it_unchanged(tmp_path):
-    evaluation = ("--set", "logging.eval_frictions=[0.05,2.0]", "--set", "logging.eval_every=256", "--set", "logging.eval_episodes=2")
+TINY_SAC = ["--algo", "sac", "--env", "SlipperyHopper", "--set", "algo_kwargs.learning_starts=100",
+            "--set", "algo_kwargs.buffer_size=1000", "--set", "policy.net_arch=[16,16]", "--set", "logging.health_every=100"]
+
+
+@pytest.mark.parametrize("algo_args, steps", [(TINY_PPO, 512), (TINY_SAC, 400)], ids=["ppo", "sac"])
+def test_same_seed_gives_the_same_run_and_evaluating_at_fixed_frictions_leaves_it_unchanged(tmp_path, algo_args, steps):
+    every = steps // 2
+    evaluation = ("--set", "logging.eval_frictions=[0.05,2.0]", "--set", f"logging.eval_every={every}",
+                  "--set", "logging.eval_episodes=2")
     for name, extra in (("a", ()), ("b", evaluation)):
-        assert run_train(*TINY_PPO, "--total-steps", 512, "--seed", 7, "--run-dir", tmp_path / name, *extra).returncode == 0
+        result = run_train(*algo_args, "--total-steps", steps, "--seed", 7, "--run-dir", tmp_path / name, *extra)
+        assert result.returncode == 0, result.stderr
     first, second = (scalars(tmp_path / name) for name in ("a", "b"))
     assert first["rollout/ep_rew_mean"] == second["rollout/ep_rew_mean"]
     assert first["health/actor/l1/effective_rank"] == second["health/actor/l1/effective_rank"]
     slippery, grippy = second["eval/return_at_friction_0.05"], second["eval/return_at_friction_2"]
-    assert [step for step, _ in slippery] == [step for step, _ in grippy] == [256, 512]
+    assert [step for step, _ in slippery] == [step for step, _ in grippy] == [every, steps]
     assert [value for _, value in slippery] != [value for _, value in grippy]
     assert not any(tag.startswith("eval/") for tag in first)
