@@ -121,7 +121,8 @@ class UnitHealthCallback(BaseCallback):
 class FrictionCallback(BaseCallback):
     """Logs the friction schedule from ``info``: ``env/friction``, ``env/friction_segment``, and
     ``env/segment_return``, the mean episode return of a friction segment, once every sub-env has finished an
-    episode in a later segment (sub-envs change friction at their own episode ends).
+    episode in a later segment (sub-envs change friction at their own episode ends); it is dumped at once, so no
+    later segment's return can overwrite it before SB3's next dump.
 
     Needs episode statistics in ``info["episode"]`` (SB3's ``Monitor``/``VecMonitor``).
     """
@@ -150,6 +151,7 @@ class FrictionCallback(BaseCallback):
         for passed in sorted(s for s in self.segment_totals if s < min(self.env_segments)):
             total, episodes = self.segment_totals.pop(passed)
             self.logger.record("env/segment_return", total / episodes)
+            self.logger.dump(self.num_timesteps)
 
     def _on_rollout_end(self) -> None:
         infos = self.locals.get("infos") or []

@@ -304,19 +304,23 @@ def test_schedule_states_is_none_for_envs_without_a_schedule_and_their_workers_s
         env.close()
 
 
-def test_segment_return_waits_until_every_sub_env_has_left_the_segment():
+def test_segment_return_waits_until_every_sub_env_has_left_the_segment_and_is_dumped_at_once():
     logged = []
+    logger = SimpleNamespace(record=lambda key, value: logged.append((key, value)), dump=lambda step: logged.append(step))
     friction = FrictionCallback()
-    friction.model = SimpleNamespace(logger=SimpleNamespace(record=lambda key, value: logged.append((key, value))))
-    for env, segment, episode_return in [(0, 0, 10), (1, 0, 20), (0, 1, 100), (1, 0, 30), (1, 1, 200)]:
+    friction.model = SimpleNamespace(logger=logger)
+    episodes = [(0, 0, 10), (1, 0, 20), (0, 1, 100), (1, 0, 30), (1, 1, 200), (1, 2, 7), (1, 3, 9), (0, 3, 11)]
+    for step, (env, segment, episode_return) in enumerate(episodes):
         infos = [{"friction_segment": segment}, {}] if env == 0 else [{}, {"friction_segment": segment}]
         infos[env]["episode"] = {"r": episode_return}
-        friction.locals = {"infos": infos}
+        friction.locals, friction.num_timesteps = {"infos": infos}, step
         friction._on_step()
-        assert logged == ([("env/segment_return", 20.0)] if (env, episode_return) == (1, 200) else [])
+        expected = {4: [("env/segment_return", 20.0), 4], 7: [("env/segment_return", 150.0), 7, ("env/segment_return", 7.0), 7]}
+        assert logged == expected.get(step, [])
+        logged.clear()
     restored = FrictionCallback()
     restored.load_state_dict(json.loads(json.dumps(friction.state_dict())))
-    assert restored.env_segments == [1, 1] and restored.segment_totals == {1: [300.0, 2]}
+    assert restored.env_segments == [3, 3] and restored.segment_totals == {3: [20.0, 2]}
     restored.load_state_dict({"segment": 3, "segment_returns": [1.0, 2.0]})  # a checkpoint of the one-list format
     assert restored.env_segments == [3] and restored.segment_totals == {3: [3.0, 2]}
     restored.load_state_dict({"segment": None, "segment_returns": []})  # that format before any episode ended
