@@ -85,7 +85,8 @@ class RunCheckpointCallback(CheckpointCallback):
     exists (it is written last, atomically); it holds ``num_timesteps``, the friction-schedule state of
     every sub-env, the state of the ``stateful`` callbacks and the random streams (:func:`random_states`).
 
-    :param save_freq: save every ``save_freq`` calls of ``env.step()``, i.e. every ``save_freq × n_envs`` steps.
+    :param save_freq: save every ``save_freq`` calls of ``env.step()``, i.e. every ``save_freq × n_envs`` steps: whenever
+        ``num_timesteps`` reaches a multiple of that, so a resumed run keeps the grid of the run it continues.
     :param save_path: folder of the checkpoints.
     :param keep: number of newest checkpoints kept (older ones are deleted); 0 keeps all.
     :param save_replay_buffer: also save an off-policy algorithm's replay buffer (can be GBs); only the newest
@@ -107,8 +108,13 @@ class RunCheckpointCallback(CheckpointCallback):
         self.keep = keep
         self.stateful = stateful or {}
 
+    def _on_training_start(self) -> None:
+        self._every = self.save_freq * self.training_env.num_envs
+        self._next_save = (self.num_timesteps // self._every + 1) * self._every
+
     def _on_step(self) -> bool:
-        if self.n_calls % self.save_freq == 0:
+        if self.num_timesteps >= self._next_save:
+            self._next_save = (self.num_timesteps // self._every + 1) * self._every
             self.save_checkpoint()
         return True
 

@@ -277,6 +277,13 @@ def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):
     assert len(list(tmp_path.iterdir())) == 4
 
 
+def test_checkpoints_stay_on_the_grid_of_steps_when_a_run_continues_from_an_off_grid_step(tmp_path):
+    model = ppo(n_envs=2)  # rollouts of 2 × 128 steps; checkpoints every 48 calls × 2 envs = 96 steps
+    model.learn(256, callback=RunCheckpointCallback(48, tmp_path, keep=0))
+    model.learn(256, callback=RunCheckpointCallback(48, tmp_path, keep=0), reset_num_timesteps=False)
+    assert [c.steps for c in list_checkpoints(tmp_path)] == [96, 192, 288, 384, 480]
+
+
 def test_resuming_a_checkpoint_continues_the_random_streams_that_load_reseeds(tmp_path):
     model = sac()
     saver = RunCheckpointCallback(1, tmp_path)

@@ -44,6 +44,15 @@ def test_singular_values_match_svd():
     assert torch.allclose(singular_values(stacked_odd).float(), torch.linalg.svdvals(stacked_odd), rtol=1e-3)
 
 
+def test_ranks_of_features_with_a_dominant_mean_direction_match_a_float64_svd():
+    torch.manual_seed(0)
+    features = torch.relu(torch.randn(1000, 256)) * torch.logspace(0, -2, 256) + 3.0  # like trained ReLU features
+    sigma = torch.linalg.svdvals(features.double())
+    assert (sigma < 0.0055 * sigma[0]).sum() > 100  # below the rounding error of a float32 Gram matrix
+    assert stable_rank(features).item() == stable_rank(sigma=sigma).item()
+    assert effective_rank(features).item() == pytest.approx(effective_rank(sigma=sigma).item(), rel=1e-6)
+
+
 def test_dead_and_dormant_columns():
     torch.manual_seed(0)
     features = torch.rand(1000, 10) + 0.5
