@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 import envs  # noqa: F401  (registers the Slippery* ids)
-from agents.config import build_config, build_model, check_resumable, make_env, read_yaml, set_dotted
+from agents.config import build_config, build_model, check_resumable, is_slippery, make_env, read_yaml, set_dotted
 from agents.run import CLIParser, StopOnSignal, latest_checkpoint, load_checkpoint, make_callbacks, tensorboard_logger, write_run_files
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -66,6 +66,8 @@ def resolve_config(args: argparse.Namespace):
     for assignment in args.set:
         data = set_dotted(data, assignment)
     config = build_config(data)
+    if args.change_every is not None and not is_slippery(config.env.id):
+        raise ValueError(f"--change-every needs a Slippery* env (it changes their friction), not {config.env.id!r}")
     if args.resume:
         check_resumable(build_config(recorded), config)
     return config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+import torch
 from torch import nn
 
 import envs
@@ -89,11 +91,20 @@ class Config:
         return dataclasses.asdict(self)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader that also reads exponents without a dot (``1e-4``) as floats, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """A YAML mapping, with its ``base:`` files merged underneath (recursively)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
     except OSError as error:
         raise ValueError(f"config file {str(path)!r} cannot be read: {error.strerror}") from None
     except yaml.YAMLError as error:
@@ -118,7 +129,7 @@ def set_dotted(data: dict[str, Any], assignment: str) -> dict[str, Any]:
     if not sep or not key:
         raise ValueError(f"--set {assignment!r} is invalid: expected key=value, e.g. algo_kwargs.n_steps=256")
     try:
-        value = yaml.safe_load(raw)
+        value = yaml.load(raw, Loader=_Loader)
     except yaml.YAMLError:
         value = raw
     nested: Any = value
@@ -201,6 +212,13 @@ def _check_choices(config: Config) -> None:
     config.env.id = envs.resolve_env_id(config.env.id)
     if is_slippery(config.env.id):
         config.env.kwargs.setdefault("schedule_seed", config.seed)
+    else:  # the configs' friction protocol: only Slippery envs have one
+        config.env.kwargs = {k: v for k, v in config.env.kwargs.items() if k not in envs.SCHEDULE_KWARGS}
+    try:
+        if config.device != "auto":
+            torch.device(config.device)
+    except RuntimeError:
+        raise ValueError(f"config key 'device'={config.device!r} is invalid: expected auto, cpu, cuda or cuda:N") from None
     if config.torch_threads is not None and config.torch_threads <= 0:
         raise ValueError(f"config key 'torch_threads'={config.torch_threads!r} is invalid: expected a positive integer or null")
     try:
@@ -222,6 +240,9 @@ def _check_choices(config: Config) -> None:
             accepted = sorted(set(signature) - _SET_BY_BUILDER)
             raise ValueError(f"config key 'algo_kwargs.{key}' is unknown for {config.algo}: expected one of {', '.join(accepted)}")
         default = signature[key].default
+        if isinstance(value, list) and "tuple" in str(signature[key].annotation):
+            config.algo_kwargs[key] = value = tuple(value)  # e.g. SAC's train_freq: [1, episode]
+            continue
         if isinstance(default, bool):
             valid = isinstance(value, bool)
         else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,6 +11,11 @@ import torch
 from torch import nn
 
 from .sites import Site
+
+
+def is_number(value: object) -> bool:
+    """A real number, not a bool (a setting given as ``'1e-4'`` or ``True`` is not one)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class _Recorder:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import SiteIntervention
+from .base import SiteIntervention, is_number
 from .init import check_init, uniform_bound
 from .sites import Site, reinitialize_units, sequential_sites
 
@@ -414,11 +414,11 @@ class ContinualBackprop(SiteIntervention):
 
 
 def _check_settings(replacement_rate: float, maturity_threshold: int, decay_rate: float, fractional: str) -> None:
-    if not 0.0 <= replacement_rate <= 1.0:
+    if not (is_number(replacement_rate) and 0.0 <= replacement_rate <= 1.0):
         raise ValueError(f"replacement_rate={replacement_rate!r} is invalid: expected a number in [0, 1]")
     if isinstance(maturity_threshold, bool) or not isinstance(maturity_threshold, int) or maturity_threshold < 0:
         raise ValueError(f"maturity_threshold={maturity_threshold!r} is invalid: expected an integer >= 0")
-    if not 0.0 <= decay_rate < 1.0:
+    if not (is_number(decay_rate) and 0.0 <= decay_rate < 1.0):
         raise ValueError(f"decay_rate={decay_rate!r} is invalid: expected a number in [0, 1)")
     if fractional not in FRACTIONAL_MODES:
         raise ValueError(f"fractional={fractional!r} is invalid: expected one of {', '.join(FRACTIONAL_MODES)}")

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .base import SiteIntervention
+from .base import SiteIntervention, is_number
 from .init import check_init, uniform_bound
 from .sites import Site, reinitialize_units
 
@@ -44,9 +44,9 @@ class ShrinkPerturb(SiteIntervention):
         self.configure(shrink=shrink, noise_scale=noise_scale)
 
     def configure(self, *, shrink: float, noise_scale: float) -> None:
-        if not 0.0 < shrink <= 1.0:
+        if not (is_number(shrink) and 0.0 < shrink <= 1.0):
             raise ValueError(f"shrink={shrink!r} is invalid: expected a number in (0, 1]")
-        if not noise_scale >= 0.0:
+        if not (is_number(noise_scale) and noise_scale >= 0.0):
             raise ValueError(f"noise_scale={noise_scale!r} is invalid: expected a number >= 0")
         self.shrink, self.noise_scale = float(shrink), float(noise_scale)
 
@@ -84,7 +84,7 @@ class L2Init(SiteIntervention):
         self.configure(strength=strength)
 
     def configure(self, *, strength: float) -> None:
-        if not strength >= 0.0:
+        if not (is_number(strength) and strength >= 0.0):
             raise ValueError(f"strength={strength!r} is invalid: expected a number >= 0")
         self.strength = float(strength)
 
@@ -136,7 +136,7 @@ class ReDo(SiteIntervention):
     def configure(self, *, reset_period: int, tau: float, init: str, reset_optimizer_state: bool) -> None:
         if isinstance(reset_period, bool) or not isinstance(reset_period, int) or reset_period <= 0:
             raise ValueError(f"reset_period={reset_period!r} is invalid: expected a positive integer")
-        if not tau >= 0.0:
+        if not (is_number(tau) and tau >= 0.0):
             raise ValueError(f"tau={tau!r} is invalid: expected a number >= 0")
         self.reset_period, self.tau, self.init = reset_period, float(tau), check_init(init)
         self.reset_optimizer_state = bool(reset_optimizer_state)

@@ -16,7 +16,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import train
 from agents import list_checkpoints
-from agents.config import build_config, read_yaml
+from agents.config import build_config, read_yaml, set_dotted
 from agents.run import tensorboard_logger
 from envs import FrictionSchedule
 
@@ -146,6 +146,10 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
         (["--threads", "0"], "'torch_threads'=0 is invalid"),
         (["--set", "logging.eval_frictions=[0.5,-1]"], "'logging.eval_frictions'=[0.5, -1] is invalid"),
         (["--env", "Hopper-v5", "--set", "logging.eval_frictions=[1]"], "'logging.eval_frictions' needs a Slippery* env"),
+        (["--env", "Hopper-v5", "--change-every", "100"], "--change-every needs a Slippery* env"),
+        (["--set", "policy.cbp.decay_rate=fast"], "decay_rate='fast' is invalid"),
+        (["--method", "shrink_perturb", "--set", "policy.shrink_perturb.noise_scale=[1]"], "noise_scale=[1] is invalid"),
+        (["--device", "cudaa"], "'device'='cudaa' is invalid"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -155,6 +159,21 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monke
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in error and len(error.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_numbers_written_like_1e_4_and_lists_for_tuple_settings_are_read_as_meant(tmp_path):
+    (tmp_path / "run.yaml").write_text("base: " + str(ROOT / "configs/sac/cbp.yaml") + "\n"
+                                       "algo_kwargs: {learning_rate: 3e-4, train_freq: [1, episode]}\n")
+    config = build_config(set_dotted(read_yaml(tmp_path / "run.yaml"), "policy.cbp.replacement_rate=1e-5"))
+    assert config.algo_kwargs["learning_rate"] == 3e-4 and config.policy.cbp["replacement_rate"] == 1e-5
+    assert config.algo_kwargs["train_freq"] == (1, "episode")
+
+
+def test_any_gymnasium_env_trains_without_the_friction_protocol_of_the_configs(tmp_path):
+    result = run_train("--env", "Hopper-v5", "--total-steps", 64, "--set", "algo_kwargs.n_steps=64",
+                       "--set", "algo_kwargs.batch_size=32", "--run-dir", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["env"]["kwargs"] == {}
 
 
 def test_resume_may_change_only_the_run_length_device_threads_checkpoints_and_logging(tmp_path, capsys):
