@@ -245,6 +245,10 @@ def _check_choices(config: Config) -> None:
             continue
         if isinstance(default, bool):
             valid = isinstance(value, bool)
+        elif isinstance(default, int):
+            if isinstance(value, float) and value.is_integer():
+                config.algo_kwargs[key] = value = int(value)  # e.g. buffer_size: 1e6
+            valid = isinstance(value, int) and not isinstance(value, bool)
         else:
             valid = not isinstance(default, (int, float)) or isinstance(value, (int, float)) and not isinstance(value, bool)
         if not valid:

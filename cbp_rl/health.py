@@ -44,7 +44,8 @@ def singular_values(features: torch.Tensor) -> torch.Tensor:
 
 def _gram(features: torch.Tensor) -> torch.Tensor:
     """The smaller Gram matrix of ``features`` in float64; one off-diagonal block is mirrored, a quarter fewer flops."""
-    h = features.detach().double()
+    h = features.detach()
+    h = (h.cpu() if h.device.type == "mps" else h).double()  # MPS has no float64
     if h.shape[-2] < h.shape[-1]:
         h = h.mT
     half = h.shape[-1] // 2

@@ -150,6 +150,7 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
         (["--set", "policy.cbp.decay_rate=fast"], "decay_rate='fast' is invalid"),
         (["--method", "shrink_perturb", "--set", "policy.shrink_perturb.noise_scale=[1]"], "noise_scale=[1] is invalid"),
         (["--device", "cudaa"], "'device'='cudaa' is invalid"),
+        (["--set", "algo_kwargs.n_steps=2.5"], "'algo_kwargs.n_steps'=2.5 is invalid: expected int"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, args, message):
@@ -167,6 +168,7 @@ def test_numbers_written_like_1e_4_and_lists_for_tuple_settings_are_read_as_mean
     config = build_config(set_dotted(read_yaml(tmp_path / "run.yaml"), "policy.cbp.replacement_rate=1e-5"))
     assert config.algo_kwargs["learning_rate"] == 3e-4 and config.policy.cbp["replacement_rate"] == 1e-5
     assert config.algo_kwargs["train_freq"] == (1, "episode")
+    assert build_config(set_dotted(read_yaml(tmp_path / "run.yaml"), "algo_kwargs.buffer_size=1e6")).algo_kwargs["buffer_size"] == 10**6
 
 
 def test_any_gymnasium_env_trains_without_the_friction_protocol_of_the_configs(tmp_path):
