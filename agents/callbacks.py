@@ -20,6 +20,11 @@ PROBE_SIZE = 1000
 the features of the last 1000 steps (Dohare et al. 2024, code: ``lop/rl/run_ppo.py``)."""
 
 
+def next_multiple(step: int, every: int) -> int:
+    """The first multiple of ``every`` after ``step``: a cadence on ``num_timesteps`` that a resumed run keeps."""
+    return (step // every + 1) * every
+
+
 def evenly_spaced(count: int, size: int = PROBE_SIZE) -> np.ndarray:
     """Indices of at most ``size`` of ``count`` items, spread evenly, first and last included."""
     return np.linspace(0, count - 1, min(count, size)).round().astype(int)

@@ -17,6 +17,8 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CheckpointCallback
 from stable_baselines3.common.vec_env import VecEnv
 
+from .callbacks import next_multiple
+
 _STATE_FILE = re.compile(r"^(?P<prefix>.+)_run_state_(?P<steps>\d+)_steps\.json$")
 
 
@@ -110,11 +112,11 @@ class RunCheckpointCallback(CheckpointCallback):
 
     def _on_training_start(self) -> None:
         self._every = self.save_freq * self.training_env.num_envs
-        self._next_save = (self.num_timesteps // self._every + 1) * self._every
+        self._next_save = next_multiple(self.num_timesteps, self._every)
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next_save:
-            self._next_save = (self.num_timesteps // self._every + 1) * self._every
+            self._next_save = next_multiple(self.num_timesteps, self._every)
             self.save_checkpoint()
         return True
 

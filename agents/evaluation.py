@@ -12,6 +12,8 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 import envs
 
+from .callbacks import next_multiple
+
 
 def fixed_friction_env(
     env_id: str, friction: float, env_kwargs: dict[str, Any] | None = None, max_episode_steps: int | None = None
@@ -71,14 +73,11 @@ class FrictionEvalCallback(BaseCallback):
         self._next_eval = eval_every
 
     def _on_training_start(self) -> None:
-        self._schedule_next()
-
-    def _schedule_next(self) -> None:
-        self._next_eval = (self.num_timesteps // self.eval_every + 1) * self.eval_every
+        self._next_eval = next_multiple(self.num_timesteps, self.eval_every)
 
     def _on_step(self) -> bool:
         if self.num_timesteps >= self._next_eval:
-            self._schedule_next()
+            self._next_eval = next_multiple(self.num_timesteps, self.eval_every)
             for friction, env in self.envs.items():
                 returns, _, _ = run_episodes(self.model, env, self.episodes, self.seed)
                 self.logger.record(f"eval/return_at_friction_{friction:g}", float(np.mean(returns)))
