@@ -18,7 +18,7 @@ import torch
 
 import envs  # noqa: F401  (registers the Slippery* ids)
 from agents.config import build_config, build_model, check_resumable, is_slippery, make_env, read_yaml, set_dotted
-from agents.run import CLIParser, StopOnSignal, latest_checkpoint, load_checkpoint, make_callbacks, tensorboard_logger, write_run_files
+from agents.run import CLIParser, latest_checkpoint, load_checkpoint, make_callbacks, tensorboard_logger, write_run_files
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -93,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = prepare_run_dir(args, config)
         checkpoint = latest_checkpoint(run_dir) if args.resume else None
         env = make_env(config)
-        stop = StopOnSignal()
-        callbacks, saver = make_callbacks(config, run_dir, stop)
+        callbacks, saver, stop = make_callbacks(config, run_dir)
         model = load_checkpoint(config, checkpoint, env, saver) if checkpoint else build_model(config, env)
     except ValueError as error:
         parser.error(str(error))
@@ -112,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=checkpoint is None)
     model.logger.dump_pending(model.num_timesteps)
-    saver.save_checkpoint()
-    if stop.signal_number is not None:
-        print(f"stopped by signal {stop.signal_number} at step {model.num_timesteps}; continue with --resume {run_dir}")
+    if stop.stopped:
+        print(f"stopped by signal {stop.signal_number} at step {saver.last_saved_step}; continue with --resume {run_dir}")
         return 128 + stop.signal_number
+    if saver.last_saved_step != model.num_timesteps:
+        saver.save_checkpoint()
     return 0
 
 

@@ -18,6 +18,8 @@ _TB_ONLY = ("stdout", "log", "json", "csv")
 PROBE_SIZE = 1000
 """Default observations per health probe: the paper's sample, whose stable rank and dead-unit share are computed on
 the features of the last 1000 steps (Dohare et al. 2024, code: ``lop/rl/run_ppo.py``)."""
+RANK_EVERY = 10_000
+"""Default environment steps between two rank computations: the paper's cadence for the stable rank (same source)."""
 
 
 def next_multiple(step: int, every: int) -> int:
@@ -44,15 +46,27 @@ class UnitHealthCallback(BaseCallback):
     :param log_every: off-policy only: environment steps (``num_timesteps``) between two probes.
     :param probe_size: at most this many observations per probe (a PPO rollout is thinned evenly); the default,
         1000, is the paper's sample size. Rank metrics depend on it, so compare runs probed alike.
+    :param rank_every: the rank metrics (effective and stable rank) come with the first probe of a run and then with
+        the first probe at or after each multiple of ``rank_every`` environment steps; 1: with every probe. They cost
+        two thirds of a probe; the default, 10000, is the paper's cadence.
     :param utility_histograms: also log histograms of the bias-corrected CBP utilities.
     """
 
-    def __init__(self, log_every: int = 10_000, probe_size: int = PROBE_SIZE, utility_histograms: bool = True, verbose: int = 0):
+    def __init__(
+        self,
+        log_every: int = 10_000,
+        probe_size: int = PROBE_SIZE,
+        utility_histograms: bool = True,
+        rank_every: int = RANK_EVERY,
+        verbose: int = 0,
+    ):
         super().__init__(verbose)
         self.log_every = log_every
         self.probe_size = probe_size
         self.utility_histograms = utility_histograms
+        self.rank_every = rank_every
         self._last_probe = -np.inf
+        self._next_ranks = 0
 
     def _init_callback(self) -> None:
         policy = self.model.policy
@@ -92,7 +106,10 @@ class UnitHealthCallback(BaseCallback):
     def log_health(self, observations: torch.Tensor, actions: torch.Tensor | None = None) -> dict[str, float]:
         """Probe the policy on a batch and record every metric; returns the scalar ones."""
         policy = self.model.policy
-        scalars = probe(lambda: probe_forward(policy, observations, actions), self._sites, prefix="health/")
+        ranks = self.num_timesteps >= self._next_ranks
+        if ranks:
+            self._next_ranks = next_multiple(self.num_timesteps, self.rank_every)
+        scalars = probe(lambda: probe_forward(policy, observations, actions), self._sites, "health/", ranks)
         for network, heads in self._heads.items():
             for name, head in heads.items():
                 scalars[f"health/{network}/{name}/weight_mag"] = weight_magnitude(head).item()

@@ -24,7 +24,8 @@ from torch import nn
 
 import envs
 
-from .callbacks import PROBE_SIZE
+from .callbacks import PROBE_SIZE, RANK_EVERY
+from .checkpoints import ResumableEnv
 from .policies import METHODS, CBPActorCriticPolicy, CBPSACPolicy
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
@@ -67,6 +68,7 @@ class LoggingConfig:
     health: bool = True  # unit-health metrics (DESIGN §4)
     health_every: int = 10_000  # SAC: environment steps between health probes (PPO: every rollout)
     probe_size: int = PROBE_SIZE  # observations per health probe (the paper's 1000)
+    rank_every: int = RANK_EVERY  # environment steps between two probes that compute the ranks (the paper's 10k); 1: every probe
     utility_histograms: bool = True  # CBP utility histograms in TensorBoard
     eval_frictions: list = field(default_factory=list)  # fixed frictions for eval/return_at_friction_{f}; empty: none
     eval_every: int = 500_000  # environment steps between two of those evaluations
@@ -229,7 +231,8 @@ def _check_choices(config: Config) -> None:
         raise ValueError(f"config key 'logging.eval_frictions'={frictions!r} is invalid: expected positive frictions") from None
     if config.logging.eval_frictions and not is_slippery(config.env.id):
         raise ValueError(f"config key 'logging.eval_frictions' needs a Slippery* env, not {config.env.id!r}")
-    positive = ("total_steps", "checkpoint.every", "env.n_envs", "logging.health_every", "logging.probe_size")
+    positive = ("total_steps", "checkpoint.every", "env.n_envs", "logging.health_every", "logging.probe_size",
+                "logging.rank_every")
     for key in (*positive, "logging.eval_every", "logging.eval_episodes"):
         value = _get(config, key)
         if value <= 0:
@@ -275,13 +278,13 @@ def env_kwargs(config: Config) -> dict[str, Any]:
 
 
 def make_env(config: Config) -> VecEnv:
-    """The training VecEnv: ``n_envs`` Monitor-wrapped copies, reset seeds ``seed, seed+1, ...``."""
+    """The training VecEnv: ``n_envs`` copies wrapped in ``Monitor`` and `ResumableEnv`, reset seeds ``seed, seed+1, ...``."""
     env_id = config.env.id
     if config.env.vec_env == "subproc" and is_slippery(env_id):
         env_id = f"envs:{env_id}"  # subprocesses import envs (and so register the ids) before making it
     return make_vec_env(
         env_id, n_envs=config.env.n_envs, seed=config.seed, env_kwargs=env_kwargs(config),
-        vec_env_cls=VEC_ENVS[config.env.vec_env],
+        vec_env_cls=VEC_ENVS[config.env.vec_env], wrapper_class=ResumableEnv,
     )
 
 

@@ -23,7 +23,14 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from torch.utils.tensorboard import SummaryWriter
 
 from .callbacks import FrictionCallback, UnitHealthCallback
-from .checkpoints import Checkpoint, RunCheckpointCallback, list_checkpoints, restore_random_states, restore_schedule_states
+from .checkpoints import (
+    Checkpoint,
+    RunCheckpointCallback,
+    list_checkpoints,
+    restore_env_states,
+    restore_random_states,
+    restore_schedule_states,
+)
 from .config import ALGORITHMS, Config
 from .evaluation import FrictionEvalCallback
 
@@ -38,11 +45,16 @@ class CLIParser(argparse.ArgumentParser):
 
 
 class StopOnSignal(BaseCallback):
-    """Turns SIGINT/SIGTERM into a clean stop of ``learn()`` after the current step; ``signal_number`` says which."""
+    """Turns SIGINT/SIGTERM into a clean stop of ``learn()`` right after ``saver`` has checkpointed the next rollout start
+    (PPO: once the current rollout and its update are done; SAC: after the current step), so that a resumed run
+    continues exactly. A second signal stops at once. ``signal_number`` says which signal; ``stopped``, whether
+    ``learn()`` was cut short by it."""
 
-    def __init__(self) -> None:
+    def __init__(self, saver: RunCheckpointCallback) -> None:
         super().__init__()
+        self.saver = saver
         self.signal_number: int | None = None
+        self.stopped = False
 
     def install(self) -> None:
         for number in (signal.SIGINT, signal.SIGTERM):
@@ -52,9 +64,11 @@ class StopOnSignal(BaseCallback):
         if self.signal_number is not None:
             raise KeyboardInterrupt
         self.signal_number = number
+        self.saver.request_save()
 
     def _on_step(self) -> bool:
-        return self.signal_number is None
+        self.stopped = self.signal_number is not None and not self.saver.save_requested
+        return not self.stopped
 
 
 def write_run_files(run_dir: Path, config: Config, resumed_from: Checkpoint | None) -> None:
@@ -121,8 +135,8 @@ def tensorboard_logger(run_dir: Path, resume_step: int | None) -> RunLogger:
     return RunLogger(folder=str(run_dir), output_formats=[output])
 
 
-def make_callbacks(config: Config, run_dir: Path, stop: StopOnSignal) -> tuple[CallbackList, RunCheckpointCallback]:
-    """Friction, health and fixed-friction evaluation logging, checkpoints, and the signal stop, in that order."""
+def make_callbacks(config: Config, run_dir: Path) -> tuple[CallbackList, RunCheckpointCallback, StopOnSignal]:
+    """Friction, health and fixed-friction evaluation logging, checkpoints, and the stop on signals, in that order."""
     friction = FrictionCallback()
     saver = RunCheckpointCallback(
         save_freq=max(1, config.checkpoint.every // config.env.n_envs),
@@ -131,17 +145,20 @@ def make_callbacks(config: Config, run_dir: Path, stop: StopOnSignal) -> tuple[C
         save_replay_buffer=config.checkpoint.replay_buffer,
         stateful={"friction": friction},
     )
+    stop = StopOnSignal(saver)
     callbacks: list[BaseCallback] = [friction]
     logging = config.logging
     if logging.health:
-        callbacks.append(UnitHealthCallback(logging.health_every, logging.probe_size, logging.utility_histograms))
+        callbacks.append(
+            UnitHealthCallback(logging.health_every, logging.probe_size, logging.utility_histograms, logging.rank_every)
+        )
     if logging.eval_frictions:
         callbacks.append(
             FrictionEvalCallback(
                 config.env.id, logging.eval_frictions, logging.eval_every, logging.eval_episodes, config.seed, config.env.kwargs
             )
         )
-    return CallbackList([*callbacks, saver, stop]), saver
+    return CallbackList([*callbacks, saver, stop]), saver, stop
 
 
 def latest_checkpoint(run_dir: Path) -> Checkpoint:
@@ -152,10 +169,12 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint:
 
 
 def load_checkpoint(config: Config, checkpoint: Checkpoint, env: Any, saver: RunCheckpointCallback) -> BaseAlgorithm:
-    """The model of a checkpoint on ``env``, with the env's friction schedules and the callbacks' state restored."""
+    """The model of a checkpoint on ``env``, with the env's friction schedules and running episodes and the callbacks'
+    state restored; a checkpoint without env state restarts the episodes (noted on stderr)."""
     state = checkpoint.load_run_state()
+    episodes = checkpoint.load_env_states()
     try:
-        model = ALGORITHMS[config.algo].load(checkpoint.model, env=env, device=config.device)
+        model = ALGORITHMS[config.algo].load(checkpoint.model, env=env, device=config.device, force_reset=episodes is None)
     except Exception as error:  # SB3 raises many kinds on a damaged zip
         raise ValueError(f"checkpoint {str(checkpoint.model)!r} cannot be loaded ({type(error).__name__}: {error})") from None
     if checkpoint.replay_buffer is not None:
@@ -163,6 +182,11 @@ def load_checkpoint(config: Config, checkpoint: Checkpoint, env: Any, saver: Run
     elif isinstance(model, OffPolicyAlgorithm):
         _refill_before_updates(model, checkpoint, _learning_starts(config))
     restore_schedule_states(env, state.get("schedule_states"))
+    if episodes is not None and model._last_obs is not None:
+        restore_env_states(env, episodes)
+    else:
+        model._last_obs = None
+        print(f"note: {checkpoint.model.name} has no env state: the running episodes restart", file=sys.stderr)
     restore_random_states(model, state.get("random_states"))
     for name, callback in saver.stateful.items():
         if name in state.get("callbacks", {}):

@@ -10,7 +10,8 @@ callback); no logger output is written, but the health probe runs at its usual c
 A second, identical plain model ("replica") shows the noise floor of the ratios on the machine at hand.
 
 Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 8] [--ppo-steps 2048] [--sac-steps 1000]
-                                           [--maturity 100] [--probe-size 1000] [--threads N]
+                                           [--maturity 100] [--probe-size 1000] [--rank-every 10000]
+                                           [--threads N]
 Quick check (about 3 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
 """
 
@@ -34,7 +35,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
 from agents import METHODS, UnitHealthCallback, init_policy_
-from agents.callbacks import PROBE_SIZE
+from agents.callbacks import PROBE_SIZE, RANK_EVERY
 from agents.config import ALGORITHMS, POLICIES, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -60,11 +61,13 @@ class CountingHealthCallback(UnitHealthCallback):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        self.probes = 0
+        self.probes = self.rank_probes = 0
 
     def log_health(self, observations: torch.Tensor, actions: torch.Tensor | None = None) -> dict[str, float]:
+        scalars = super().log_health(observations, actions)
         self.probes += 1
-        return super().log_health(observations, actions)
+        self.rank_probes += any(tag.endswith("/stable_rank") for tag in scalars)
+        return scalars
 
 
 @dataclass
@@ -81,8 +84,8 @@ class Variant:
         cbp = getattr(self.model.policy, "cbp", None) or {}
         return sum(sum(module.replacements().values()) for module in cbp.values())
 
-    def probes(self) -> int:
-        return self.callback.probes if self.callback is not None else 0
+    def probes(self) -> str:
+        return f"{self.callback.probes} ({self.callback.rank_probes} with ranks)" if self.callback is not None else "0"
 
 
 def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
@@ -103,8 +106,8 @@ def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
     return model
 
 
-def make_variants(algo: str, maturity: int, probe_size: int) -> list[Variant]:
-    health = CountingHealthCallback(log_every=SAC_LOG_EVERY, probe_size=probe_size)
+def make_variants(algo: str, maturity: int, probe_size: int, rank_every: int) -> list[Variant]:
+    health = CountingHealthCallback(log_every=SAC_LOG_EVERY, probe_size=probe_size, rank_every=rank_every)
     return [
         Variant("plain MlpPolicy", build(algo, False, maturity), None, []),
         Variant("plain MlpPolicy, replica", build(algo, False, maturity), None, []),
@@ -123,14 +126,14 @@ def learn(variant: Variant, steps: int) -> float:
     return (model.num_timesteps - before) / (time.perf_counter() - start)
 
 
-def run(algo: str, rounds: int, steps: int, maturity: int, probe_size: int) -> list[Variant]:
-    variants = make_variants(algo, maturity, probe_size)
+def run(algo: str, rounds: int, steps: int, maturity: int, probe_size: int, rank_every: int) -> list[Variant]:
+    variants = make_variants(algo, maturity, probe_size, rank_every)
     warmup = cbp_config(algo, maturity).algo_kwargs["n_steps"] if algo == "ppo" else SAC_LEARNING_STARTS + SAC_WARMUP_UPDATES
     for variant in variants:
         learn(variant, warmup)
         variant.replacements_at_start = variant.replacements()
         if variant.callback is not None:
-            variant.callback.probes = 0
+            variant.callback.probes = variant.callback.rank_probes = 0
     orders = williams_orders(len(variants))
     for r in range(rounds):
         for index in orders[r % len(orders)]:
@@ -179,13 +182,19 @@ def parse_args() -> argparse.Namespace:
         "--probe-size", type=int, default=PROBE_SIZE, help=f"observations per health probe (default: UnitHealthCallback's, {PROBE_SIZE})"
     )
     parser.add_argument(
+        "--rank-every",
+        type=int,
+        default=RANK_EVERY,
+        help=f"env steps between probes with ranks (default: UnitHealthCallback's, {RANK_EVERY}; 1: every probe)",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=torch.get_num_threads(),
         help="torch intra-op threads; on a machine shared with other jobs use 1 (oversubscribed: up to 10x slower)",
     )
     args = parser.parse_args()
-    for flag in ("rounds", "ppo_steps", "sac_steps", "probe_size", "threads"):
+    for flag in ("rounds", "ppo_steps", "sac_steps", "probe_size", "rank_every", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} is invalid: expected an integer >= 1")
     if args.maturity < 0:
@@ -201,7 +210,7 @@ def main() -> None:
     for algo in algos:
         steps = args.ppo_steps if algo == "ppo" else args.sac_steps
         start = time.perf_counter()
-        results[algo] = run(algo, args.rounds, steps, args.maturity, args.probe_size)
+        results[algo] = run(algo, args.rounds, steps, args.maturity, args.probe_size, args.rank_every)
         print(f"[{algo}: {args.rounds} rounds x {steps} steps x 4 variants in {time.perf_counter() - start:.0f} s]")
 
     machine = platform.processor() or platform.machine()
@@ -216,7 +225,7 @@ def main() -> None:
     )
     print(
         f"PPO: paper hyperparameters (DESIGN §6); SAC: rl-zoo settings with learning_starts {SAC_LEARNING_STARTS}, "
-        f"health log_every {SAC_LOG_EVERY}; health probe_size {args.probe_size}"
+        f"health log_every {SAC_LOG_EVERY}; health probe_size {args.probe_size}, rank_every {args.rank_every}"
     )
     print()
     print("| algo | variant | median steps/s | ratio vs plain (median of rounds) | 95% interval | CBP replacements | health probes |")

@@ -22,15 +22,15 @@ class _HostCounters:
     """Host mirror of a site's integer state, per member ``[members, ...]``: stepping it needs no device sync.
 
     Units store their birth step, so aging is one increment. The fractional accumulator grows by
-    ``expected = replacement_rate × #mature`` per step; it is brought up to date only at events (a unit
-    can mature, a replacement is due), so steps between events cost nothing.
+    ``expected = replacement_rate × #mature`` every step, one addition at a time: its value after any step is the
+    same whether or not the run was saved and restored in between (a lazy ``k × expected`` would round differently).
+    Everything else waits for events (a unit can mature, a replacement may be due).
     """
 
     def __init__(self, age: np.ndarray, accumulator: np.ndarray, replaced: np.ndarray) -> None:
         self.steps = 0
         self.birth = -age
         self.accumulator, self.replaced = accumulator, replaced
-        self.synced = 0  # the step the accumulator is up to date with
         self.expected = np.zeros_like(accumulator)
         self.mature = np.zeros_like(replaced)
         self.next_recount = 0  # the step at which the oldest immature unit matures
@@ -38,13 +38,6 @@ class _HostCounters:
 
     def ages(self) -> np.ndarray:
         return self.steps - self.birth
-
-    def accumulate_until(self, step: int) -> None:
-        self.accumulator += (step - self.synced) * self.expected
-        self.synced = step
-
-    def current_accumulator(self) -> np.ndarray:
-        return self.accumulator + (self.steps - self.synced) * self.expected
 
     def recount_mature(self, maturity_threshold: int, replacement_rate: float) -> None:
         ages = self.ages()
@@ -64,12 +57,13 @@ class _HostCounters:
         self.next_recount = min(self.next_recount, self.steps + maturity_threshold + 1)
 
     def steps_until_whole(self) -> int:
-        """Steps until some member's accumulator reaches a whole unit to replace."""
+        """Steps until some member's accumulator may reach a whole unit to replace: one early, as the additions to
+        come can round onto the other side of the estimate."""
         growing = self.expected > 0
         if not growing.any():
             return 1 << 62
         needed = (1.0 - _MARGIN - self.accumulator[growing]) / self.expected[growing]
-        return max(1, int(np.ceil(needed.min())))
+        return max(1, int(np.ceil(needed.min())) - 1)
 
 
 class _SiteState(nn.Module):
@@ -93,7 +87,7 @@ class _SiteState(nn.Module):
     @torch.no_grad()
     def _write_host_counters(module: _SiteState, prefix: str, keep_vars: bool) -> None:
         host = module.host
-        values = {"age": host.ages(), "accumulator": host.current_accumulator(), "replaced": host.replaced}
+        values = {"age": host.ages(), "accumulator": host.accumulator, "replaced": host.replaced}
         for name, value in values.items():
             buffer = getattr(module, name)
             buffer.copy_(torch.from_numpy(value).view(buffer.shape))
@@ -282,7 +276,6 @@ class ContinualBackprop(SiteIntervention):
         """Count mature units again at every site's next step (the settings the schedule came from changed)."""
         for state in self._site_states:
             host = state.host
-            host.accumulate_until(host.steps)
             host.expected = self.replacement_rate * host.mature
             host.next_recount = host.next_event = host.steps + 1
 
@@ -314,6 +307,8 @@ class ContinualBackprop(SiteIntervention):
                 host = self._site_states[i].host
                 if host.steps >= host.next_event:
                     self._generate_and_test(i)
+                else:
+                    host.accumulator += host.expected
 
     def _update_utilities(self, features: list[torch.Tensor | None]) -> list[int]:
         """Take the recorded ``features`` (left None) into the running averages of their sites; returns those sites.
@@ -364,15 +359,13 @@ class ContinualBackprop(SiteIntervention):
 
     def _count_replacements(self, host: _HostCounters) -> np.ndarray:
         """Units to replace now in each member of a site."""
-        host.accumulate_until(host.steps - 1)
         if host.steps >= host.next_recount:
             host.recount_mature(self.maturity_threshold, self.replacement_rate)
         if self.fractional == "accumulate":
-            host.accumulate_until(host.steps)
+            host.accumulator += host.expected
             count = np.floor(host.accumulator + _MARGIN).astype(np.int64)
             host.accumulator -= count
         else:
-            host.synced = host.steps
             count = np.floor(host.expected).astype(np.int64)
             count += torch.rand(len(count)).numpy() < host.expected - count
         return np.minimum(count, host.mature)

@@ -93,22 +93,29 @@ def feature_norm(features: torch.Tensor) -> torch.Tensor:
     return _flat(features).norm(dim=1).mean()
 
 
-def site_health(features: torch.Tensor, site: Site, sigma: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """Every DESIGN §4 metric of one site's probe features, as 0-dim tensors (no host sync)."""
+def site_health(
+    features: torch.Tensor, site: Site, sigma: torch.Tensor | None = None, ranks: bool = True
+) -> dict[str, torch.Tensor]:
+    """Every DESIGN §4 metric of one site's probe features, as 0-dim tensors (no host sync).
+
+    :param sigma: the features' singular values, if already computed.
+    :param ranks: also the rank metrics (``effective_rank``, ``stable_rank``, ``stable_rank_pct``), which take most of
+        the time: two thirds of it is the float64 Gram matrix and its eigenvalues.
+    """
     features = _flat(features.detach())
-    sigma = singular_values(features) if sigma is None else sigma
-    stable = stable_rank(sigma=sigma)
     magnitude = features.abs().mean(0)
-    return {
+    metrics = {
         "dead_frac": dead_fraction(features),
         "dormant_frac": _dormant_fraction(magnitude, 0.0),
         "dormant_frac_0.1": _dormant_fraction(magnitude, 0.1),
-        "effective_rank": effective_rank(sigma=sigma),
-        "stable_rank": stable,
-        "stable_rank_pct": 100.0 * stable / site.units,
         "weight_mag": weight_magnitude(site.producer),
         "feature_norm": feature_norm(features),
     }
+    if ranks:
+        sigma = singular_values(features) if sigma is None else sigma
+        stable = stable_rank(sigma=sigma)
+        metrics |= {"effective_rank": effective_rank(sigma=sigma), "stable_rank": stable, "stable_rank_pct": 100.0 * stable / site.units}
+    return metrics
 
 
 def _stacked_singular_values(features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -124,12 +131,15 @@ def _stacked_singular_values(features: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 @torch.no_grad()
-def probe(forward: Callable[[], object], sites: Mapping[str, Site], prefix: str = "") -> dict[str, float]:
+def probe(
+    forward: Callable[[], object], sites: Mapping[str, Site], prefix: str = "", ranks: bool = True
+) -> dict[str, float]:
     """Run ``forward()`` once without gradients and return every site's metrics as ``{prefix+name/metric: float}``.
 
     :param forward: a call that pushes the probe batch through the network(s) holding ``sites``.
     :param sites: the layers to measure, by name.
     :param prefix: prepended to each tag, e.g. ``"health/actor/"``.
+    :param ranks: also the rank metrics (see `site_health`).
     """
     captured: dict[str, torch.Tensor] = {}
 
@@ -149,10 +159,10 @@ def probe(forward: Callable[[], object], sites: Mapping[str, Site], prefix: str 
     if missing:
         raise RuntimeError(f"the probe forward did not pass through sites {sorted(missing)}")
     features = {name: _flat(captured[name]) for name in sites}
-    sigma = _stacked_singular_values(features)
+    sigma = _stacked_singular_values(features) if ranks else dict.fromkeys(features)
     tags, values = [], []
     for name, site in sites.items():
-        for metric, value in site_health(features[name], site, sigma[name]).items():
+        for metric, value in site_health(features[name], site, sigma[name], ranks).items():
             tags.append(f"{prefix}{name}/{metric}")
             values.append(value.double())
     return dict(zip(tags, torch.stack(values).tolist()))

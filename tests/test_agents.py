@@ -3,6 +3,7 @@
 import importlib
 import json
 import math
+import pickle
 import random
 import subprocess
 import sys
@@ -15,11 +16,11 @@ import torch
 import yaml
 from stable_baselines3 import PPO, SAC
 from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import SubprocVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import envs  # noqa: F401  (registers the Slippery* ids)
-from agents.checkpoints import schedule_states
+from agents.checkpoints import ResumableEnv, env_states, restore_env_states, schedule_states
 from agents.config import build_config
 from agents.run import load_checkpoint
 from agents import (
@@ -252,6 +253,19 @@ def test_ppo_probe_thins_its_rollout_evenly_to_probe_size():
     assert torch.equal(probed, in_step_order[evenly])
 
 
+def test_ranks_come_with_the_first_probe_then_with_the_first_after_each_multiple_of_rank_every():
+    class RankSteps(UnitHealthCallback):
+        def log_health(self, observations, actions=None):
+            scalars = super().log_health(observations, actions)
+            self.steps = getattr(self, "steps", []) + [(self.num_timesteps, "health/actor/l0/stable_rank" in scalars)]
+            return scalars
+
+    callback = RankSteps(rank_every=300)
+    ppo().learn(1024, callback=callback)  # probes at every rollout end: 128, 256, ..., 1024
+    assert [step for step, _ in callback.steps] == list(range(128, 1025, 128))
+    assert [step for step, ranks in callback.steps if ranks] == [128, 384, 640, 1024]
+
+
 def test_sac_probe_takes_the_newest_stored_transitions():
     model = sac()
     callback = RecordingHealthCallback(log_every=60, probe_size=40)
@@ -269,7 +283,7 @@ def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):
     saver = RunCheckpointCallback(64, tmp_path, keep=2, stateful={"friction": friction})
     model.learn(1024, callback=[friction, saver])
     checkpoints = list_checkpoints(tmp_path)
-    assert [c.steps for c in checkpoints] == [896, 1024]
+    assert [c.steps for c in checkpoints] == [768, 1024]  # rollouts of 256 steps: saved where they start, or at the end
     state = checkpoints[-1].load_run_state()
     assert state["num_timesteps"] == 1024
     assert len(state["schedule_states"]) == 2 and state["schedule_states"][0]["segment"] >= 1
@@ -278,10 +292,10 @@ def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):
 
 
 def test_checkpoints_stay_on_the_grid_of_steps_when_a_run_continues_from_an_off_grid_step(tmp_path):
-    model = ppo(n_envs=2)  # rollouts of 2 × 128 steps; checkpoints every 48 calls × 2 envs = 96 steps
-    model.learn(256, callback=RunCheckpointCallback(48, tmp_path, keep=0))
-    model.learn(256, callback=RunCheckpointCallback(48, tmp_path, keep=0), reset_num_timesteps=False)
-    assert [c.steps for c in list_checkpoints(tmp_path)] == [96, 192, 288, 384, 480]
+    model = ppo(n_envs=2)  # rollouts of 2 × 128 steps; checkpoints every 192 calls × 2 envs = 384 steps
+    model.learn(512, callback=RunCheckpointCallback(192, tmp_path, keep=0))  # 384 is due: saved at the end, 512
+    model.learn(512, callback=RunCheckpointCallback(192, tmp_path, keep=0), reset_num_timesteps=False)
+    assert [c.steps for c in list_checkpoints(tmp_path)] == [512, 768]  # 768 is due, not 512 + 384
 
 
 def test_resuming_a_checkpoint_continues_the_random_streams_that_load_reseeds(tmp_path):
@@ -300,6 +314,27 @@ def test_resuming_a_checkpoint_continues_the_random_streams_that_load_reseeds(tm
     actual = draws(loaded.action_space)  # SB3's load seeded every stream with the run's seed 0; then they were restored
     assert torch.equal(actual[0], expected[0]) and np.array_equal(actual[1], expected[1]) and actual[2] == expected[2]
     assert np.array_equal(actual[3], expected[3])
+
+
+@pytest.mark.parametrize("vec_env_cls", [DummyVecEnv, SubprocVecEnv])
+def test_resumable_env_continues_a_running_episode_bit_for_bit(vec_env_cls):
+    def make(seed):
+        return make_vec_env("envs:SlipperyAnt-v0", n_envs=2, seed=seed, wrapper_class=ResumableEnv, vec_env_cls=vec_env_cls)
+
+    actions = np.random.default_rng(0).uniform(-1, 1, (25, 2, 8)).astype(np.float32)
+    original, other = make(0), make(1)
+    try:
+        original.reset(), other.reset()
+        for action in actions[:10]:
+            original.step(action)
+        saved = pickle.loads(pickle.dumps(env_states(original)))
+        expected = [original.step(action)[:3] for action in actions[10:]]
+        restore_env_states(other, saved)
+        actual = [other.step(action)[:3] for action in actions[10:]]
+    finally:
+        original.close(), other.close()
+    for (obs, reward, done), (obs_, reward_, done_) in zip(expected, actual):
+        assert np.array_equal(obs, obs_) and np.array_equal(reward, reward_) and np.array_equal(done, done_)
 
 
 def test_schedule_states_is_none_for_envs_without_a_schedule_and_their_workers_survive():

@@ -100,6 +100,16 @@ def test_probe_reports_every_site_and_metric_without_side_effects():
     assert all((age == 0).all() for age in cbp.ages().values())  # the probe forward fed no activations to CBP
 
 
+def test_probe_without_ranks_leaves_out_only_the_rank_metrics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 1))
+    sites = ContinualBackprop.from_sequential(net).sites
+    x = torch.randn(256, 5)
+    full, cheap = probe(lambda: net(x), sites), probe(lambda: net(x), sites, ranks=False)
+    assert set(full) - set(cheap) == {"l0/effective_rank", "l0/stable_rank", "l0/stable_rank_pct"}
+    assert cheap == {tag: value for tag, value in full.items() if tag in cheap}
+
+
 def test_probe_names_sites_it_did_not_reach():
     net = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 1))
     sites = ContinualBackprop.from_sequential(net).sites

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from stable_baselines3 import SAC
+from stable_baselines3.common.save_util import load_from_zip_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -58,11 +61,13 @@ def test_sac_run(tmp_path):
     result = run_train("--algo", "sac", "--env", "SlipperyHopper", "--total-steps", 300, "--run-dir", tmp_path / "sac",
                        "--set", "algo_kwargs.learning_starts=100", "--set", "algo_kwargs.buffer_size=1000",
                        "--set", "policy.net_arch=[16,16]", "--set", "policy.cbp.maturity_threshold=10",
-                       "--set", "policy.cbp.replacement_rate=0.01", "--set", "logging.health_every=100")
+                       "--set", "policy.cbp.replacement_rate=0.01", "--set", "logging.health_every=100",
+                       "--set", "logging.rank_every=200")
     assert result.returncode == 0, result.stderr
     tags = scalars(tmp_path / "sac")
     assert tags["cbp/critic1/l0/replaced"][-1][1] > 0
-    assert [step for step, _ in tags["health/actor/l1/effective_rank"]] == [2, 102, 202]  # at the probes' own steps
+    assert [step for step, _ in tags["health/actor/l1/dead_frac"]] == [2, 102, 202]  # at the probes' own steps
+    assert [step for step, _ in tags["health/actor/l1/effective_rank"]] == [2, 202]
 
 
 def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
@@ -75,7 +80,8 @@ def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
     process.send_signal(signal.SIGINT)
     assert process.wait(timeout=120) == 128 + signal.SIGINT
     stopped_at = max(json.loads(p.read_text())["num_timesteps"] for p in (run / "checkpoints").glob("*run_state*"))
-    assert 1024 <= stopped_at < 20000
+    assert 1024 <= stopped_at < 20000 and stopped_at % 256 == 0  # at a rollout start: nothing half-collected
+    assert list_checkpoints(run / "checkpoints")[-1].env_state is not None
     before = scalars(run)
 
     result = run_train("--resume", run, "--total-steps", stopped_at + 1024)
@@ -91,6 +97,51 @@ def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
     for (_, friction), segment in zip(after["env/friction"], segments):
         assert friction == pytest.approx(schedule.friction_at(segment), rel=1e-6)
     assert len(json.loads((run / "metadata.json").read_text())) == 2
+
+
+TINY_SAC = ["--algo", "sac", "--env", "SlipperyHopper", "--set", "algo_kwargs.learning_starts=100",
+            "--set", "algo_kwargs.buffer_size=1000", "--set", "policy.net_arch=[16,16]",
+            "--set", "policy.cbp.maturity_threshold=10", "--set", "policy.cbp.replacement_rate=0.01"]
+
+
+def newest_tensors(run):
+    """The step of a run's newest checkpoint and every tensor in it: weights, CBP buffers, optimizer moments."""
+    checkpoint = list_checkpoints(run / "checkpoints")[-1]
+    _, parameters, variables = load_from_zip_file(checkpoint.model)
+
+    def leaves(tree):
+        if isinstance(tree, torch.Tensor):
+            yield tree
+        elif isinstance(tree, (dict, list, tuple)):
+            for value in tree.values() if isinstance(tree, dict) else tree:
+                yield from leaves(value)
+
+    return checkpoint.steps, list(leaves([parameters, variables]))
+
+
+@pytest.mark.parametrize("algo, tiny, total", [("ppo", TINY_PPO, 1024), ("sac", TINY_SAC, 300)])
+def test_a_resumed_run_continues_exactly_as_the_uninterrupted_run(tmp_path, algo, tiny, total):
+    whole, halves = tmp_path / "whole", tmp_path / "halves"
+    half = total // 2
+    seed = ["--seed", 2]  # its first half ends 7 (PPO) steps into an episode
+    assert run_train(*tiny, *seed, "--total-steps", total, "--checkpoint-every", half, "--run-dir", whole).returncode == 0
+    assert run_train(*tiny, *seed, "--total-steps", half, "--run-dir", halves).returncode == 0
+    env_state = list_checkpoints(halves / "checkpoints")[-1].load_env_states()[0]
+    assert env_state["wrappers"][0]["rewards"], "the first half should stop mid-episode"
+    restarted = tmp_path / "restarted"
+    shutil.copytree(halves, restarted)
+    list_checkpoints(restarted / "checkpoints")[-1].env_state.unlink()
+
+    result = run_train("--resume", halves, "--total-steps", total)
+    assert result.returncode == 0 and "note" not in result.stderr, result.stderr
+    result = run_train("--resume", restarted, "--total-steps", total)
+    assert result.returncode == 0 and "has no env state: the running episodes restart" in result.stderr
+
+    steps, expected = newest_tensors(whole)
+    for run, exact in ((halves, True), (restarted, False)):
+        resumed_steps, resumed = newest_tensors(run)
+        assert resumed_steps == steps and len(resumed) == len(expected)
+        assert all(torch.equal(a, b) for a, b in zip(expected, resumed)) == exact, run.name
 
 
 def test_a_resumed_logger_purges_only_the_steps_after_the_checkpoint(tmp_path):
