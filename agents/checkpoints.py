@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 import copy
 import json
+import multiprocessing
 import os
 import pickle
 import random
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +59,27 @@ class ResumableEnv(gym.Wrapper):
     The snapshot holds the MuJoCo data (the state, and the derived quantities that a step reads before simulating,
     such as Ant's torso position), the episode counters of gymnasium's and SB3's standard wrappers below (time limit,
     order and env checks, ``Monitor``), and the env's random stream (reset noise). With it and SB3's ``_last_obs``, a resumed run steps on exactly as the run
-    it continues. Add it with ``make_vec_env(..., wrapper_class=ResumableEnv)``.
+    it continues. Add it with ``make_vec_env(..., wrapper_class=ResumableEnv)``; envs without MuJoCo data have no
+    snapshot. In a subprocess worker it ignores SIGINT: a terminal's Ctrl-C reaches every process of the group, and
+    the main process needs its workers to reach the next rollout start, where it checkpoints and stops.
     """
 
-    def get_env_state(self) -> dict[str, Any]:
-        """The episode's state; picklable, so a subprocess env can return it."""
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        if multiprocessing.parent_process() is not None:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def get_env_state(self) -> dict[str, Any] | None:
+        """The episode's state (None without MuJoCo data); picklable, so a subprocess env can return it."""
         base = self.env.unwrapped
         data = getattr(base, "data", None)
+        if not isinstance(data, mujoco.MjData):
+            return None
         return {
             "wrappers": [
                 {name: copy.deepcopy(getattr(wrapper, name)) for name in _counters(wrapper)} for wrapper in self._chain()
             ],
-            "mujoco": copy.copy(data) if isinstance(data, mujoco.MjData) else None,
+            "mujoco": copy.copy(data),
             "np_random": base.np_random.bit_generator.state,
         }
 
@@ -81,8 +92,7 @@ class ResumableEnv(gym.Wrapper):
             for name, value in counters.items():
                 setattr(wrapper, name, copy.deepcopy(value))
         base = self.env.unwrapped
-        if state["mujoco"] is not None:
-            mujoco.mj_copyData(base.data, base.model, state["mujoco"])
+        mujoco.mj_copyData(base.data, base.model, state["mujoco"])
         base.np_random.bit_generator.state = state["np_random"]
 
     def _chain(self) -> list[gym.Env]:
@@ -98,8 +108,9 @@ def _counters(wrapper: gym.Env) -> tuple[str, ...]:
 
 
 def env_states(env: VecEnv) -> list[dict[str, Any]] | None:
-    """The running episode of every sub-env, or None unless they are wrapped in `ResumableEnv`."""
-    return env.env_method("get_env_state") if env.has_attr("get_env_state") else None
+    """The running episode of every sub-env, or None unless they are MuJoCo envs wrapped in `ResumableEnv`."""
+    states = env.env_method("get_env_state") if env.has_attr("get_env_state") else [None]
+    return None if any(state is None for state in states) else states
 
 
 def restore_env_states(env: VecEnv, states: list[dict[str, Any]]) -> None:
@@ -159,8 +170,8 @@ class RunCheckpointCallback(CheckpointCallback):
     A checkpoint ``{prefix}_{steps}_steps.zip`` is complete once ``{prefix}_run_state_{steps}_steps.json``
     exists (it is written last, atomically); it holds ``num_timesteps``, the friction-schedule state of
     every sub-env, the state of the ``stateful`` callbacks and the random streams (:func:`random_states`).
-    Checkpoints are taken where a rollout starts (PPO: after the update; SAC: after each step's update) or where
-    training ends, so nothing half-collected is lost: with envs wrapped in `ResumableEnv`, whose running episodes are
+    Checkpoints are taken where a rollout starts (PPO: after the update; SAC: after the updates of its ``train_freq``
+    steps) or where training ends, so nothing half-collected is lost: with envs wrapped in `ResumableEnv`, whose running episodes are
     saved in ``{prefix}_env_state_{steps}_steps.pkl``, a resumed run continues exactly as this one would have.
 
     :param save_freq: save every ``save_freq × n_envs`` steps: at the first rollout start at or after each multiple of
@@ -186,7 +197,8 @@ class RunCheckpointCallback(CheckpointCallback):
         self.keep = keep
         self.stateful = stateful or {}
         self.save_requested = False
-        self.last_saved_step: int | None = None
+        self.last_saved_step: int | None = None  # set it to a loaded checkpoint's step: that one is not saved again
+        self._in_rollout = False
 
     def request_save(self) -> None:
         """Save at the next rollout start even if no checkpoint is due (safe to call from a signal handler)."""
@@ -201,16 +213,23 @@ class RunCheckpointCallback(CheckpointCallback):
 
     def _on_rollout_start(self) -> None:
         self._save_if_due()
+        self._in_rollout = True
+
+    def _on_rollout_end(self) -> None:
+        self._in_rollout = False
 
     def _on_training_end(self) -> None:
-        if self.model.num_timesteps >= self.model._total_timesteps:  # learn() ran to its end, not stopped mid-rollout
+        if not self._in_rollout:  # SB3 skips the rollout end of a rollout that a callback cut short
             self._save_if_due()
 
     def _save_if_due(self) -> None:
         steps = self.model.num_timesteps
         if steps >= self._next_save or self.save_requested:
             self._next_save = next_multiple(steps, self._every)
-            self.save_checkpoint()
+            if steps == self.last_saved_step:
+                self.save_requested = False
+            else:
+                self.save_checkpoint()
 
     def save_checkpoint(self) -> Path:
         """Save model, replay buffer (if asked), env state and run state now; returns the model path."""

@@ -46,8 +46,8 @@ class CLIParser(argparse.ArgumentParser):
 
 class StopOnSignal(BaseCallback):
     """Turns SIGINT/SIGTERM into a clean stop of ``learn()`` right after ``saver`` has checkpointed the next rollout start
-    (PPO: once the current rollout and its update are done; SAC: after the current step), so that a resumed run
-    continues exactly. A second signal stops at once. ``signal_number`` says which signal; ``stopped``, whether
+    (PPO: once the current rollout and its update are done; SAC: once the current ``train_freq`` steps and their
+    updates are), so that a resumed run continues exactly. A second signal stops at once. ``signal_number`` says which signal; ``stopped``, whether
     ``learn()`` was cut short by it."""
 
     def __init__(self, saver: RunCheckpointCallback) -> None:
@@ -188,6 +188,7 @@ def load_checkpoint(config: Config, checkpoint: Checkpoint, env: Any, saver: Run
         model._last_obs = None
         print(f"note: {checkpoint.model.name} has no env state: the running episodes restart", file=sys.stderr)
     restore_random_states(model, state.get("random_states"))
+    saver.last_saved_step = checkpoint.steps
     for name, callback in saver.stateful.items():
         if name in state.get("callbacks", {}):
             callback.load_state_dict(state["callbacks"][name])

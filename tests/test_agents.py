@@ -3,10 +3,13 @@
 import importlib
 import json
 import math
+import os
 import pickle
 import random
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,6 +18,7 @@ import pytest
 import torch
 import yaml
 from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -169,6 +173,7 @@ LOAD_AND_CONTINUE = """
 import json, sys, torch
 import envs
 from stable_baselines3 import {algo}
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 model = {algo}.load(sys.argv[1], env=make_vec_env("SlipperyHopper-v0", seed=1))
 saved = torch.load(sys.argv[2])
@@ -337,13 +342,39 @@ def test_resumable_env_continues_a_running_episode_bit_for_bit(vec_env_cls):
         assert np.array_equal(obs, obs_) and np.array_equal(reward, reward_) and np.array_equal(done, done_)
 
 
-def test_schedule_states_is_none_for_envs_without_a_schedule_and_their_workers_survive():
-    env = make_vec_env("Pendulum-v1", n_envs=2, vec_env_cls=SubprocVecEnv)
+def test_envs_without_a_schedule_or_mujoco_have_no_saved_state_and_their_workers_survive_ctrl_c():
+    env = make_vec_env("Pendulum-v1", n_envs=2, vec_env_cls=SubprocVecEnv, wrapper_class=ResumableEnv)
     try:
-        assert schedule_states(env) is None
-        assert env.reset().shape == (2, 3)
+        assert schedule_states(env) is None and env_states(env) is None
+        for worker in env.processes:  # a terminal's Ctrl-C reaches the whole process group
+            os.kill(worker.pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert env.reset().shape == (2, 3) and env.step(np.zeros((2, 1)))[0].shape == (2, 3)
     finally:
         env.close()
+
+
+class StopAt(BaseCallback):
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def _on_step(self):
+        return self.num_timesteps < self.step
+
+
+def test_a_run_cut_short_mid_rollout_is_not_checkpointed_where_it_stopped(tmp_path):
+    saver = RunCheckpointCallback(64, tmp_path, keep=0)  # due at 64: saved at the rollout start at 128
+    ppo().learn(200, callback=[saver, StopAt(200)])  # stopped at its last step, 72 steps into the second rollout
+    assert [c.steps for c in list_checkpoints(tmp_path)] == [128]
+
+
+def test_a_requested_save_skips_the_step_of_the_checkpoint_just_loaded(tmp_path):
+    saver = RunCheckpointCallback(1000, tmp_path)
+    saver.last_saved_step = 0  # as after loading a checkpoint at step 0
+    saver.request_save()  # a signal before the first rollout start
+    ppo().learn(128, callback=saver)
+    assert list_checkpoints(tmp_path) == [] and not saver.save_requested
 
 
 def test_segment_return_waits_until_every_sub_env_has_left_the_segment_and_is_dumped_at_once():
