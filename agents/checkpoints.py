@@ -58,9 +58,9 @@ class ResumableEnv(gym.Wrapper):
 
     The snapshot holds the MuJoCo data (the state, and the derived quantities that a step reads before simulating,
     such as Ant's torso position), the episode counters of gymnasium's and SB3's standard wrappers below (time limit,
-    order and env checks, ``Monitor``), and the env's random stream (reset noise). With it and SB3's ``_last_obs``, a resumed run steps on exactly as the run
-    it continues. Add it with ``make_vec_env(..., wrapper_class=ResumableEnv)``; envs without MuJoCo data have no
-    snapshot. In a subprocess worker it ignores SIGINT: a terminal's Ctrl-C reaches every process of the group, and
+    order and env checks, ``Monitor``), and the env's random stream (reset noise). With it and SB3's ``_last_obs``, a
+    resumed run steps on exactly as the run it continues. Add it with ``make_vec_env(..., wrapper_class=ResumableEnv)``;
+    envs without MuJoCo data have no snapshot. In a subprocess worker it ignores SIGINT: a terminal's Ctrl-C reaches every process of the group, and
     the main process needs its workers to reach the next rollout start, where it checkpoints and stops.
     """
 
@@ -87,7 +87,8 @@ class ResumableEnv(gym.Wrapper):
         """Continue the episode of a state from `get_env_state` of an env built alike."""
         chain = self._chain()
         if len(chain) != len(state["wrappers"]):
-            raise ValueError(f"the saved env state has {len(state['wrappers'])} wrappers, this env {len(chain)}: it was built differently")
+            saved = len(state["wrappers"])
+            raise ValueError(f"the saved env state has {saved} wrappers, this env {len(chain)}: it was built differently")
         for wrapper, counters in zip(chain, state["wrappers"]):
             for name, value in counters.items():
                 setattr(wrapper, name, copy.deepcopy(value))
@@ -116,7 +117,9 @@ def env_states(env: VecEnv) -> list[dict[str, Any]] | None:
 def restore_env_states(env: VecEnv, states: list[dict[str, Any]]) -> None:
     """Put every sub-env back into its saved episode."""
     if len(states) != env.num_envs:
-        raise ValueError(f"the checkpoint has {len(states)} env states but the env has {env.num_envs} sub-envs: use the same --n-envs")
+        raise ValueError(
+            f"the checkpoint has {len(states)} env states but the env has {env.num_envs} sub-envs: use the same --n-envs"
+        )
     for index, state in enumerate(states):
         env.env_method("set_env_state", state, indices=[index])
 
@@ -171,8 +174,9 @@ class RunCheckpointCallback(CheckpointCallback):
     exists (it is written last, atomically); it holds ``num_timesteps``, the friction-schedule state of
     every sub-env, the state of the ``stateful`` callbacks and the random streams (:func:`random_states`).
     Checkpoints are taken where a rollout starts (PPO: after the update; SAC: after the updates of its ``train_freq``
-    steps) or where training ends, so nothing half-collected is lost: with envs wrapped in `ResumableEnv`, whose running episodes are
-    saved in ``{prefix}_env_state_{steps}_steps.pkl``, a resumed run continues exactly as this one would have.
+    steps) or where training ends, so nothing half-collected is lost: with envs wrapped in `ResumableEnv`, whose
+    running episodes are saved in ``{prefix}_env_state_{steps}_steps.pkl``, a resumed run continues exactly as this
+    one would have.
 
     :param save_freq: save every ``save_freq × n_envs`` steps: at the first rollout start at or after each multiple of
         that in ``num_timesteps``, so a resumed run keeps the grid of the run it continues.
@@ -295,7 +299,8 @@ class Checkpoint:
         try:
             return pickle.loads(self.env_state.read_bytes())
         except Exception as error:  # unpickling raises many kinds on a damaged file
-            raise ValueError(f"env state {self.env_state} is unreadable ({type(error).__name__}): the checkpoint is corrupt") from None
+            problem = type(error).__name__
+            raise ValueError(f"env state {self.env_state} is unreadable ({problem}): the checkpoint is corrupt") from None
 
 
 def list_checkpoints(folder: str | os.PathLike, name_prefix: str = "model") -> list[Checkpoint]:

@@ -68,7 +68,7 @@ class LoggingConfig:
     health: bool = True  # unit-health metrics (DESIGN §4)
     health_every: int = 10_000  # SAC: environment steps between health probes (PPO: every rollout)
     probe_size: int = PROBE_SIZE  # observations per health probe (the paper's 1000)
-    rank_every: int = RANK_EVERY  # environment steps between two probes that compute the ranks (the paper's 10k); 1: every probe
+    rank_every: int = RANK_EVERY  # steps between two probes that compute the ranks (the paper's 10k); 1: all
     utility_histograms: bool = True  # CBP utility histograms in TensorBoard
     eval_frictions: list = field(default_factory=list)  # fixed frictions for eval/return_at_friction_{f}; empty: none
     eval_every: int = 500_000  # environment steps between two of those evaluations

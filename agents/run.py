@@ -47,8 +47,8 @@ class CLIParser(argparse.ArgumentParser):
 class StopOnSignal(BaseCallback):
     """Turns SIGINT/SIGTERM into a clean stop of ``learn()`` right after ``saver`` has checkpointed the next rollout start
     (PPO: once the current rollout and its update are done; SAC: once the current ``train_freq`` steps and their
-    updates are), so that a resumed run continues exactly. A second signal stops at once. ``signal_number`` says which signal; ``stopped``, whether
-    ``learn()`` was cut short by it."""
+    updates are), so that a resumed run continues exactly. A second signal stops at once. ``signal_number`` says
+    which signal; ``stopped``, whether ``learn()`` was cut short by it."""
 
     def __init__(self, saver: RunCheckpointCallback) -> None:
         super().__init__()

@@ -114,7 +114,8 @@ def site_health(
     if ranks:
         sigma = singular_values(features) if sigma is None else sigma
         stable = stable_rank(sigma=sigma)
-        metrics |= {"effective_rank": effective_rank(sigma=sigma), "stable_rank": stable, "stable_rank_pct": 100.0 * stable / site.units}
+        metrics["effective_rank"] = effective_rank(sigma=sigma)
+        metrics["stable_rank"], metrics["stable_rank_pct"] = stable, 100.0 * stable / site.units
     return metrics
 
 
