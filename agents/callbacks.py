@@ -48,7 +48,7 @@ class UnitHealthCallback(BaseCallback):
         1000, is the paper's sample size. Rank metrics depend on it, so compare runs probed alike.
     :param rank_every: the rank metrics (effective and stable rank) come with the first probe of a run and then with
         the first probe at or after each multiple of ``rank_every`` environment steps; 1: with every probe. They cost
-        two thirds of a probe; the default, 10000, is the paper's cadence.
+        about three quarters of a probe; the default, 10000, is the paper's cadence.
     :param utility_histograms: also log histograms of the bias-corrected CBP utilities.
     """
 

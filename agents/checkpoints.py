@@ -5,12 +5,10 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import multiprocessing
 import os
 import pickle
 import random
 import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,14 +58,8 @@ class ResumableEnv(gym.Wrapper):
     such as Ant's torso position), the episode counters of gymnasium's and SB3's standard wrappers below (time limit,
     order and env checks, ``Monitor``), and the env's random stream (reset noise). With it and SB3's ``_last_obs``, a
     resumed run steps on exactly as the run it continues. Add it with ``make_vec_env(..., wrapper_class=ResumableEnv)``;
-    envs without MuJoCo data have no snapshot. In a subprocess worker it ignores SIGINT: a terminal's Ctrl-C reaches every process of the group, and
-    the main process needs its workers to reach the next rollout start, where it checkpoints and stops.
+    envs without MuJoCo data have no snapshot.
     """
-
-    def __init__(self, env: gym.Env) -> None:
-        super().__init__(env)
-        if multiprocessing.parent_process() is not None:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def get_env_state(self) -> dict[str, Any] | None:
         """The episode's state (None without MuJoCo data); picklable, so a subprocess env can return it."""

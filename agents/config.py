@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import signal
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import torch
 import yaml
 from stable_baselines3 import PPO, SAC
@@ -279,13 +281,22 @@ def env_kwargs(config: Config) -> dict[str, Any]:
 
 def make_env(config: Config) -> VecEnv:
     """The training VecEnv: ``n_envs`` copies wrapped in ``Monitor`` and `ResumableEnv`, reset seeds ``seed, seed+1, ...``."""
-    env_id = config.env.id
-    if config.env.vec_env == "subproc" and is_slippery(env_id):
+    env_id, subproc = config.env.id, config.env.vec_env == "subproc"
+    if subproc and is_slippery(env_id):
         env_id = f"envs:{env_id}"  # subprocesses import envs (and so register the ids) before making it
     return make_vec_env(
         env_id, n_envs=config.env.n_envs, seed=config.seed, env_kwargs=env_kwargs(config),
-        vec_env_cls=VEC_ENVS[config.env.vec_env], wrapper_class=ResumableEnv,
+        vec_env_cls=VEC_ENVS[config.env.vec_env], wrapper_class=worker_env if subproc else ResumableEnv,
     )
+
+
+def worker_env(env: gym.Env) -> ResumableEnv:
+    """`ResumableEnv` for a ``SubprocVecEnv`` worker, which then ignores SIGINT and SIGTERM: a terminal's Ctrl-C or a
+    job scheduler's signal reaches the whole process group, and the main process needs its workers until it has
+    checkpointed and stopped (they exit when it closes them, or when their pipe breaks)."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+    return ResumableEnv(env)
 
 
 def policy_kwargs(config: Config) -> dict[str, Any]:

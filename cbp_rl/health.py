@@ -100,7 +100,7 @@ def site_health(
 
     :param sigma: the features' singular values, if already computed.
     :param ranks: also the rank metrics (``effective_rank``, ``stable_rank``, ``stable_rank_pct``), which take most of
-        the time: two thirds of it is the float64 Gram matrix and its eigenvalues.
+        the time: about three quarters of it are the float64 Gram matrix and its eigenvalues.
     """
     features = _flat(features.detach())
     magnitude = features.abs().mean(0)

@@ -25,7 +25,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import envs  # noqa: F401  (registers the Slippery* ids)
 from agents.checkpoints import ResumableEnv, env_states, restore_env_states, schedule_states
-from agents.config import build_config
+from agents.config import build_config, make_env
 from agents.run import load_checkpoint
 from agents import (
     CBPActorCriticPolicy,
@@ -342,12 +342,13 @@ def test_resumable_env_continues_a_running_episode_bit_for_bit(vec_env_cls):
         assert np.array_equal(obs, obs_) and np.array_equal(reward, reward_) and np.array_equal(done, done_)
 
 
-def test_envs_without_a_schedule_or_mujoco_have_no_saved_state_and_their_workers_survive_ctrl_c():
-    env = make_vec_env("Pendulum-v1", n_envs=2, vec_env_cls=SubprocVecEnv, wrapper_class=ResumableEnv)
+def test_envs_without_a_schedule_or_mujoco_have_no_saved_state_and_their_workers_survive_group_signals():
+    env = make_env(build_config({"env": {"id": "Pendulum-v1", "n_envs": 2, "vec_env": "subproc"}}))
     try:
         assert schedule_states(env) is None and env_states(env) is None
-        for worker in env.processes:  # a terminal's Ctrl-C reaches the whole process group
+        for worker in env.processes:  # a terminal's Ctrl-C or a scheduler's SIGTERM reaches the whole process group
             os.kill(worker.pid, signal.SIGINT)
+            os.kill(worker.pid, signal.SIGTERM)
         time.sleep(0.5)
         assert env.reset().shape == (2, 3) and env.step(np.zeros((2, 1)))[0].shape == (2, 3)
     finally:
