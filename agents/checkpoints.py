@@ -222,9 +222,8 @@ class RunCheckpointCallback(CheckpointCallback):
         steps = self.model.num_timesteps
         if steps >= self._next_save or self.save_requested:
             self._next_save = next_multiple(steps, self._every)
-            if steps == self.last_saved_step:
-                self.save_requested = False
-            else:
+            self.save_requested = False
+            if steps != self.last_saved_step:
                 self.save_checkpoint()
 
     def save_checkpoint(self) -> Path:
@@ -249,7 +248,6 @@ class RunCheckpointCallback(CheckpointCallback):
         temporary.replace(state_path)
         if self.verbose:
             print(f"Saved checkpoint {model_path}")
-        self.save_requested = False
         self.last_saved_step = steps
         self._prune()
         return model_path

@@ -99,8 +99,8 @@ def site_health(
     """Every DESIGN §4 metric of one site's probe features, as 0-dim tensors (no host sync).
 
     :param sigma: the features' singular values, if already computed.
-    :param ranks: also the rank metrics (``effective_rank``, ``stable_rank``, ``stable_rank_pct``), which take most of
-        the time: about three quarters of it are the float64 Gram matrix and its eigenvalues.
+    :param ranks: also the rank metrics (``effective_rank``, ``stable_rank``, ``stable_rank_pct``); their float64 Gram
+        matrix and its eigenvalues take about three quarters of a probe's time.
     """
     features = _flat(features.detach())
     magnitude = features.abs().mean(0)
@@ -160,10 +160,10 @@ def probe(
     if missing:
         raise RuntimeError(f"the probe forward did not pass through sites {sorted(missing)}")
     features = {name: _flat(captured[name]) for name in sites}
-    sigma = _stacked_singular_values(features) if ranks else dict.fromkeys(features)
+    sigma = _stacked_singular_values(features) if ranks else {}
     tags, values = [], []
     for name, site in sites.items():
-        for metric, value in site_health(features[name], site, sigma[name], ranks).items():
+        for metric, value in site_health(features[name], site, sigma.get(name), ranks).items():
             tags.append(f"{prefix}{name}/{metric}")
             values.append(value.double())
     return dict(zip(tags, torch.stack(values).tolist()))
