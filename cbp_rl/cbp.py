@@ -153,6 +153,20 @@ class _FlatUnits:
         self.factor[1, segment] = (1.0 - decay_rate) / batch
         self.batch[index] = batch
 
+    def record(self, index: int, h: torch.Tensor, decay_rate: float) -> torch.Tensor:
+        """Write the batch sums of one forward's activations ``h`` of site ``index``; returns its ``sum_h``."""
+        site = self.sites[index]
+        if h.dim() != site.batched_dims:
+            h = h.reshape(*site.member_shape, -1, h.shape[-1])
+        if h.shape[-2] != self.batch[index]:
+            self.set_batch(index, h.shape[-2], decay_rate)
+        torch.sum(h, -2, out=site.sum_h)
+        if not site.nonnegative:
+            torch.sum(h.abs(), -2, out=site.sum_abs_h)
+        elif site.sum_abs_h is not None:
+            site.sum_abs_h.copy_(site.sum_h)
+        return site.sum_h
+
     def runs(self, indices: list[int]) -> list[slice]:
         """The flat segments of the sites ``indices`` (ascending), merged where consecutive."""
         runs, first = [], indices[0]
@@ -248,7 +262,7 @@ class ContinualBackprop(SiteIntervention):
         self.fractional = fractional
         self.reset_optimizer_state = bool(reset_optimizer_state)
         self._bounds = [uniform_bound(init, s.producer, s.activation) for s in self._sites]
-        self._flat = None  # rebuilt at the next step: also after load_state_dict, which calls configure
+        self._drop_flat_units()  # also after load_state_dict, which calls configure
         self._replacement_rate = float(replacement_rate)
         self.maturity_threshold = int(maturity_threshold)
 
@@ -297,6 +311,21 @@ class ContinualBackprop(SiteIntervention):
         """CBP on every hidden layer of ``nn.Sequential(Linear, act, Linear, act, ..., Linear)``."""
         return cls(sequential_sites(net), optimizer, **kwargs)
 
+    def record(self, index: int, activation: torch.Tensor) -> None:
+        """Keep only the batch sums of the activation (in the sites' flat buffer), while it is still in cache: in
+        SAC's update, reading them back after the backward pass and Adam took about twice as long."""
+        self._features[index] = self._flat_units().record(index, activation, self.decay_rate)
+
+    def _flat_units(self) -> _FlatUnits:
+        if self._flat is None:
+            self._flat = _FlatUnits(self._sites, self._site_states)
+        return self._flat
+
+    def _drop_flat_units(self) -> None:
+        """Rebuild the flat buffer at its next use; sums recorded into this one are dropped with it."""
+        self._flat = None
+        self._features[:] = [None] * len(self._features)
+
     def step(self) -> None:
         """One generate-and-test on every site that has fresh activations since the last step."""
         with torch.no_grad():
@@ -310,30 +339,20 @@ class ContinualBackprop(SiteIntervention):
                 else:
                     host.accumulator += host.expected
 
-    def _update_utilities(self, features: list[torch.Tensor | None]) -> list[int]:
-        """Take the recorded ``features`` (left None) into the running averages of their sites; returns those sites.
+    def _update_utilities(self, recorded: list[torch.Tensor | None]) -> list[int]:
+        """Fold the batch sums ``recorded`` since the last step (left None) into the running averages of their sites,
+        with the consumers' current outgoing weights; returns those sites.
 
         Runs once per optimizer step inside SB3's update, where each Python operation costs several times its
         isolated time (caches cold after Adam), so the per-site work is resolved once, in `_FlatUnits`.
         """
-        flat = self._flat
-        if flat is None:
-            flat = self._flat = _FlatUnits(self._sites, self._site_states)
+        flat = self._flat_units()
         fresh = []
-        for i, (h, site) in enumerate(zip(features, flat.sites)):
-            if h is None:
+        for i, (sums, site) in enumerate(zip(recorded, flat.sites)):
+            if sums is None:
                 continue
-            features[i] = None
+            recorded[i] = None
             fresh.append(i)
-            if h.dim() != site.batched_dims:
-                h = h.reshape(*site.member_shape, -1, h.shape[-1])
-            if h.shape[-2] != flat.batch[i]:
-                flat.set_batch(i, h.shape[-2], self.decay_rate)
-            torch.sum(h, -2, out=site.sum_h)
-            if not site.nonnegative:
-                torch.sum(h.abs(), -2, out=site.sum_abs_h)
-            elif site.sum_abs_h is not None:
-                site.sum_abs_h.copy_(site.sum_h)
             consumers = site.consumers
             weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
             torch.sum(weight.abs(), -2, out=site.out_magnitude)
@@ -343,7 +362,7 @@ class ContinualBackprop(SiteIntervention):
         return fresh
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ContinualBackprop:
-        self._flat = None  # moved or converted buffers are no longer views of it
+        self._drop_flat_units()  # moved or converted buffers are no longer views of it
         return super()._apply(fn, recurse)
 
     def _generate_and_test(self, index: int) -> None:

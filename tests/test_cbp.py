@@ -97,7 +97,8 @@ def test_zero_rate_tracks_utility_and_replaces_nothing():
 
 def test_utility_and_mean_activation_follow_the_formula_on_every_kind_of_site():
     """u = η·u + (1-η)·mean_out|W_out|·mean_batch|h|, m = η·m + (1-η)·mean_batch h: a tanh site read by two heads,
-    a ReLU site and a stacked site; steps where only some sites ran, batch sizes that change, a dtype conversion."""
+    a ReLU site and a stacked site; steps where only some sites ran, batch sizes that change, a dtype conversion, and
+    a step after two forwards (the latest counts)."""
     torch.manual_seed(0)
     tanh_in, heads = nn.Linear(4, 8), (nn.Linear(8, 2), nn.Linear(8, 3))
     relu_in, relu_out = nn.Linear(4, 6), nn.Linear(6, 1)
@@ -119,6 +120,8 @@ def test_utility_and_mean_activation_follow_the_formula_on_every_kind_of_site():
         dtype = tanh_in.weight.dtype
         for name in ran.split():
             site = sites[name]
+            if step == 3:
+                site.activation(site.producer(torch.randn(*((3,) if name == "stacked" else ()), 2, 4, dtype=dtype)))
             x = torch.randn(*((3,) if name == "stacked" else ()), batch, 4, dtype=dtype)
             h = site.activation(site.producer(x))
             sum(consumer(h).sum() for consumer in site.consumers)
@@ -382,7 +385,11 @@ def test_interventions_on_the_same_layers_record_independently():
     assert all(torch.equal(a, b) for a, b in zip(first.take_features(), second.take_features()))
     first.record_features(False)
     net(x)
-    assert first.take_features() == [None, None] and all(h.shape == (5, 20) for h in second.take_features())
+    with torch.no_grad():
+        hidden = [net[1](net[0](x))]
+        hidden.append(net[3](net[2](hidden[0])))
+    sums = second.take_features()  # CBP keeps each forward's batch sums, not the activations
+    assert first.take_features() == [None, None] and all(torch.allclose(s, h.sum(0)) for s, h in zip(sums, hidden))
     second.record_features(False)
     assert not any("forward" in net[i].__dict__ for i in (1, 3))  # both off: the class's own forward again
     first.record_features(True)
