@@ -66,7 +66,7 @@ class UnitHealthCallback(BaseCallback):
         self.utility_histograms = utility_histograms
         self.rank_every = rank_every
         self._last_probe = -np.inf
-        self._next_ranks = 0
+        self._last_ranks: int | None = None
 
     def _init_callback(self) -> None:
         policy = self.model.policy
@@ -89,6 +89,15 @@ class UnitHealthCallback(BaseCallback):
             observations = self.model.rollout_buffer.observations
             self.log_health(self._as_tensor(observations.reshape(-1, *observations.shape[2:])))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The probe cadence, so that a resumed run probes (and ranks) at the steps the uninterrupted run would."""
+        last = None if self._last_probe == -np.inf else int(self._last_probe)
+        return {"last_probe": last, "last_ranks": self._last_ranks}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._last_probe = -np.inf if state["last_probe"] is None else int(state["last_probe"])
+        self._last_ranks = None if state["last_ranks"] is None else int(state["last_ranks"])
+
     def _as_tensor(self, array: np.ndarray) -> torch.Tensor:
         return obs_as_tensor(array[evenly_spaced(len(array), self.probe_size)], self.model.device)
 
@@ -106,9 +115,9 @@ class UnitHealthCallback(BaseCallback):
     def log_health(self, observations: torch.Tensor, actions: torch.Tensor | None = None) -> dict[str, float]:
         """Probe the policy on a batch and record every metric; returns the scalar ones."""
         policy = self.model.policy
-        ranks = self.num_timesteps >= self._next_ranks
+        ranks = self._last_ranks is None or self.num_timesteps >= next_multiple(self._last_ranks, self.rank_every)
         if ranks:
-            self._next_ranks = next_multiple(self.num_timesteps, self.rank_every)
+            self._last_ranks = self.num_timesteps
         scalars = probe(lambda: probe_forward(policy, observations, actions), self._sites, "health/", ranks)
         for network, heads in self._heads.items():
             for name, head in heads.items():

@@ -137,21 +137,21 @@ def tensorboard_logger(run_dir: Path, resume_step: int | None) -> RunLogger:
 
 def make_callbacks(config: Config, run_dir: Path) -> tuple[CallbackList, RunCheckpointCallback, StopOnSignal]:
     """Friction, health and fixed-friction evaluation logging, checkpoints, and the stop on signals, in that order."""
-    friction = FrictionCallback()
+    logging = config.logging
+    stateful: dict[str, BaseCallback] = {"friction": FrictionCallback()}
+    if logging.health:
+        stateful["health"] = UnitHealthCallback(
+            logging.health_every, logging.probe_size, logging.utility_histograms, logging.rank_every
+        )
     saver = RunCheckpointCallback(
         save_freq=max(1, config.checkpoint.every // config.env.n_envs),
         save_path=run_dir / "checkpoints",
         keep=config.checkpoint.keep,
         save_replay_buffer=config.checkpoint.replay_buffer,
-        stateful={"friction": friction},
+        stateful=stateful,
     )
     stop = StopOnSignal(saver)
-    callbacks: list[BaseCallback] = [friction]
-    logging = config.logging
-    if logging.health:
-        callbacks.append(
-            UnitHealthCallback(logging.health_every, logging.probe_size, logging.utility_histograms, logging.rank_every)
-        )
+    callbacks: list[BaseCallback] = list(stateful.values())
     if logging.eval_frictions:
         callbacks.append(
             FrictionEvalCallback(

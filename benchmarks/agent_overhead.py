@@ -3,28 +3,33 @@
 Each variant is one model (seed 0, its own SlipperyAnt-v0 env seeded 0) built once and warmed up; then, round by round,
 every variant learns the same number of steps in turn. The orders come from a Williams Latin square: over 4 rounds each
 variant runs once in every slot and once right after every other variant, so neither the slot nor the variant run just
-before can bias a ratio. The table gives each variant's median steps/s and the median over rounds of its steps/s over
+before can bias a ratio. The table gives each variant's median steps/s; the median over rounds of its steps/s over
 plain's in the same round, with a distribution-free 95% interval for that median (from the order statistics of the
-rounds' ratios: min-max below 6 rounds, where it covers less). The variants differ only in the policy class (and the
-callback); no logger output is written, but the health probe runs at its usual cadence.
-A second, identical plain model ("replica") shows the noise floor of the ratios on the machine at hand.
+rounds' ratios: min-max below 6 rounds, where it covers less); and plain's total time over the variant's, with a
+bootstrap interval. The variants differ only in the policy class (and the callback); no logger output is written,
+but the health probe runs at its usual cadence. A second, identical plain model ("replica") shows the noise floor of
+the ratios on the machine at hand. With ``--own-time``, the share of each CBP variant's time spent inside CBP's and
+the callback's own code is timed too: a drift-free lower bound on their cost, where a noisy machine blurs the ratios.
 
 Usage: python benchmarks/agent_overhead.py [--algo ppo|sac|both] [--rounds 8] [--ppo-steps 2048] [--sac-steps 1000]
                                            [--maturity 100] [--probe-size 1000] [--rank-every 10000]
-                                           [--threads N]
+                                           [--threads N] [--own-time]
 Quick check (about 3 min on 2 cores): --rounds 2 --sac-steps 500 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import functools
 import gc
 import math
 import os
 import platform
+import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pathlib import Path
@@ -35,6 +40,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
 from agents import METHODS, UnitHealthCallback, init_policy_
+from cbp_rl import ContinualBackprop, SiteIntervention
 from agents.callbacks import PROBE_SIZE, RANK_EVERY
 from agents.config import ALGORITHMS, POLICIES, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
 
@@ -70,6 +76,36 @@ class CountingHealthCallback(UnitHealthCallback):
         return scalars
 
 
+class OwnTime:
+    """Seconds spent inside CBP's own code (its step, switching recording on and off) and inside the health callback,
+    by wrappers on those methods. They are measured within the same rounds as the total, so machine speed drifts
+    cancel from the share; what they cannot see is CBP's effect on the rest (keeping each recorded activation
+    until the step, caches it evicts)."""
+
+    TIMED = (
+        (ContinualBackprop, "step", "cbp"),
+        (SiteIntervention, "record_features", "cbp"),
+        (UnitHealthCallback, "_on_step", "health"),
+        (UnitHealthCallback, "_on_rollout_end", "health"),
+    )
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        for owner, name, part in self.TIMED:
+            setattr(owner, name, self._timed(getattr(owner, name), part))
+
+    def _timed(self, method: Any, part: str) -> Any:
+        @functools.wraps(method)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds[part] += time.perf_counter() - start
+
+        return timed
+
+
 @dataclass
 class Variant:
     """One model under test and its timings."""
@@ -79,10 +115,15 @@ class Variant:
     callback: CountingHealthCallback | None
     steps_per_s: list[float]
     replacements_at_start: int = 0
+    own_seconds: collections.Counter[str] = field(default_factory=collections.Counter)
+    seconds: float = 0.0
 
     def replacements(self) -> int:
         cbp = getattr(self.model.policy, "cbp", None) or {}
         return sum(sum(module.replacements().values()) for module in cbp.values())
+
+    def share(self, part: str) -> float:
+        return self.own_seconds[part] / self.seconds
 
     def probes(self) -> str:
         return f"{self.callback.probes} ({self.callback.rank_probes} with ranks)" if self.callback is not None else "0"
@@ -116,17 +157,26 @@ def make_variants(algo: str, maturity: int, probe_size: int, rank_every: int) ->
     ]
 
 
-def learn(variant: Variant, steps: int) -> float:
-    """Learn ``steps`` more environment steps; returns steps/s over the steps actually taken."""
+def learn(variant: Variant, steps: int, own: OwnTime | None = None) -> float:
+    """Learn ``steps`` more environment steps; returns steps/s over the steps actually taken (and, with ``own``, adds
+    the round's time and the time in CBP's and the callback's own code to the variant's)."""
     model = variant.model
     before = model.num_timesteps
     gc.collect()
+    if own is not None:
+        own.seconds.clear()
     start = time.perf_counter()
     model.learn(total_timesteps=steps, callback=variant.callback, reset_num_timesteps=False)
-    return (model.num_timesteps - before) / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    if own is not None:
+        variant.seconds += seconds
+        variant.own_seconds.update(own.seconds)
+    return (model.num_timesteps - before) / seconds
 
 
-def run(algo: str, rounds: int, steps: int, maturity: int, probe_size: int, rank_every: int) -> list[Variant]:
+def run(
+    algo: str, rounds: int, steps: int, maturity: int, probe_size: int, rank_every: int, own: OwnTime | None
+) -> list[Variant]:
     variants = make_variants(algo, maturity, probe_size, rank_every)
     warmup = cbp_config(algo, maturity).algo_kwargs["n_steps"] if algo == "ppo" else SAC_LEARNING_STARTS + SAC_WARMUP_UPDATES
     for variant in variants:
@@ -137,7 +187,7 @@ def run(algo: str, rounds: int, steps: int, maturity: int, probe_size: int, rank
     orders = williams_orders(len(variants))
     for r in range(rounds):
         for index in orders[r % len(orders)]:
-            variants[index].steps_per_s.append(learn(variants[index], steps))
+            variants[index].steps_per_s.append(learn(variants[index], steps, own))
     return variants
 
 
@@ -163,6 +213,19 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     while k < (n + 1) // 2 and outside(k + 1) <= 1 - confidence:
         k += 1
     return x[k - 1], x[n - k]
+
+
+def ratio_of_totals(times: list[float], plain: list[float], resamples: int = 2000) -> tuple[float, float, float]:
+    """Plain's total time over the variant's (rounds of equal steps), with a 95% percentile bootstrap interval
+    over rounds resampled in pairs: it counts rare costs (a probe in one round of many) that a median skips."""
+    rng = random.Random(0)
+    pairs = list(zip(times, plain))
+    estimates = []
+    for _ in range(resamples):
+        sample = rng.choices(pairs, k=len(pairs))
+        estimates.append(sum(p for _, p in sample) / sum(t for t, _ in sample))
+    estimates.sort()
+    return sum(plain) / sum(times), estimates[int(0.025 * resamples)], estimates[int(0.975 * resamples) - 1]
 
 
 def parse_args() -> argparse.Namespace:
@@ -193,6 +256,11 @@ def parse_args() -> argparse.Namespace:
         default=torch.get_num_threads(),
         help="torch intra-op threads; on a machine shared with other jobs use 1 (oversubscribed: up to 10x slower)",
     )
+    parser.add_argument(
+        "--own-time",
+        action="store_true",
+        help="also time CBP's and the health callback's own code inside each round (adds a wrapper call to each)",
+    )
     args = parser.parse_args()
     for flag in ("rounds", "ppo_steps", "sac_steps", "probe_size", "rank_every", "threads"):
         if getattr(args, flag) < 1:
@@ -205,12 +273,13 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    own = OwnTime() if args.own_time else None
     algos = ("ppo", "sac") if args.algo == "both" else (args.algo,)
     results = {}
     for algo in algos:
         steps = args.ppo_steps if algo == "ppo" else args.sac_steps
         start = time.perf_counter()
-        results[algo] = run(algo, args.rounds, steps, args.maturity, args.probe_size, args.rank_every)
+        results[algo] = run(algo, args.rounds, steps, args.maturity, args.probe_size, args.rank_every, own)
         print(f"[{algo}: {args.rounds} rounds x {steps} steps x 4 variants in {time.perf_counter() - start:.0f} s]")
 
     machine = platform.processor() or platform.machine()
@@ -228,18 +297,31 @@ def main() -> None:
         f"health log_every {SAC_LOG_EVERY}; health probe_size {args.probe_size}, rank_every {args.rank_every}"
     )
     print()
-    print("| algo | variant | median steps/s | ratio vs plain (median of rounds) | 95% interval | CBP replacements | health probes |")
+    print(
+        "| algo | variant | median steps/s | ratio vs plain: median of rounds (95% interval) "
+        "| ratio of total times (95% bootstrap) | CBP replacements | health probes |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|")
     for algo, variants in results.items():
         plain = variants[0].steps_per_s
         for variant in variants:
             ratios = [v / p for v, p in zip(variant.steps_per_s, plain)]
             low, high = median_interval(ratios)
+            total, total_low, total_high = ratio_of_totals([1 / v for v in variant.steps_per_s], [1 / p for p in plain])
             replaced = variant.replacements() - variant.replacements_at_start
             print(
                 f"| {algo.upper()} | {variant.name} | {statistics.median(variant.steps_per_s):.1f} "
-                f"| {statistics.median(ratios):.3f} | {low:.3f}-{high:.3f} | {replaced} | {variant.probes()} |"
+                f"| {statistics.median(ratios):.3f} ({low:.3f}-{high:.3f}) | {total:.3f} ({total_low:.3f}-{total_high:.3f}) "
+                f"| {replaced} | {variant.probes()} |"
             )
+    if own is not None:
+        print()
+        print("| algo | variant | share of its rounds' time in CBP's own code | in the health callback | 1 - both |")
+        print("|---|---|---:|---:|---:|")
+        for algo, variants in results.items():
+            for variant in variants[2:]:
+                cbp, health = variant.share("cbp"), variant.share("health")
+                print(f"| {algo.upper()} | {variant.name} | {cbp:.2%} | {health:.2%} | {1 - cbp - health:.3f} |")
     print()
     for algo, variants in results.items():
         for variant in variants:

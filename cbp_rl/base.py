@@ -35,7 +35,7 @@ class _Recorder:
         if torch.is_grad_enabled():
             detached = output.detach()
             for intervention, index in self.sinks.items():
-                intervention.record(index, detached)
+                intervention._features[index] = detached
         return output
 
     @staticmethod
@@ -147,13 +147,8 @@ class SiteIntervention(nn.Module):
         recorder = _Recorder.installed(self._sites[0].activation)
         return recorder is not None and self in recorder.sinks
 
-    def record(self, index: int, activation: torch.Tensor) -> None:
-        """Keep a grad-enabled forward's (detached) ``activation`` of site ``index`` for :meth:`take_features`; the
-        latest forward wins. Subclasses may keep a reduction instead, computed while the activation is still in cache."""
-        self._features[index] = activation
-
     def take_features(self) -> list[torch.Tensor | None]:
-        """What :meth:`record` kept since the last call (None for sites not run with gradients since)."""
+        """The activations recorded since the last call (None for sites not run with gradients since)."""
         features = self._features[:]
         self._features[:] = [None] * len(features)
         return features

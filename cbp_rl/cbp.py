@@ -153,20 +153,6 @@ class _FlatUnits:
         self.factor[1, segment] = (1.0 - decay_rate) / batch
         self.batch[index] = batch
 
-    def record(self, index: int, h: torch.Tensor, decay_rate: float) -> torch.Tensor:
-        """Write the batch sums of one forward's activations ``h`` of site ``index``; returns its ``sum_h``."""
-        site = self.sites[index]
-        if h.dim() != site.batched_dims:
-            h = h.reshape(*site.member_shape, -1, h.shape[-1])
-        if h.shape[-2] != self.batch[index]:
-            self.set_batch(index, h.shape[-2], decay_rate)
-        torch.sum(h, -2, out=site.sum_h)
-        if not site.nonnegative:
-            torch.sum(h.abs(), -2, out=site.sum_abs_h)
-        elif site.sum_abs_h is not None:
-            site.sum_abs_h.copy_(site.sum_h)
-        return site.sum_h
-
     def runs(self, indices: list[int]) -> list[slice]:
         """The flat segments of the sites ``indices`` (ascending), merged where consecutive."""
         runs, first = [], indices[0]
@@ -201,7 +187,8 @@ class ContinualBackprop(SiteIntervention):
 
     The state (utility, mean activation, age, fractional accumulator, replacement counts) lives in
     buffers, so ``state_dict`` carries it, with the settings. Activations are recorded as the sites' activation
-    modules emit them, only while ``torch.is_grad_enabled()``: ``no_grad`` forwards never count. Sites of
+    modules emit them, only while ``torch.is_grad_enabled()``: ``no_grad`` forwards never count, and of several
+    forwards before a step the latest counts. Sites of
     `StackedLinear` layers are independent networks (e.g. seeds), each replacing its own units.
 
     :param sites: the hidden layers to maintain, as a sequence (named ``l0``, ``l1``, ...) or a mapping name → Site.
@@ -257,12 +244,12 @@ class ContinualBackprop(SiteIntervention):
     ) -> None:
         """Set every hyperparameter (see the class docstring)."""
         _check_settings(replacement_rate, maturity_threshold, decay_rate, fractional)
-        self.decay_rate = float(decay_rate)
+        self._decay_rate = float(decay_rate)
         self.init = check_init(init)
         self.fractional = fractional
         self.reset_optimizer_state = bool(reset_optimizer_state)
         self._bounds = [uniform_bound(init, s.producer, s.activation) for s in self._sites]
-        self._drop_flat_units()  # also after load_state_dict, which calls configure
+        self._flat = None  # rebuilt at the next step: also after load_state_dict, which calls configure
         self._replacement_rate = float(replacement_rate)
         self.maturity_threshold = int(maturity_threshold)
 
@@ -275,6 +262,16 @@ class ContinualBackprop(SiteIntervention):
         _check_settings(value, self.maturity_threshold, self.decay_rate, self.fractional)
         self._replacement_rate = float(value)
         self._reschedule()
+
+    @property
+    def decay_rate(self) -> float:
+        return self._decay_rate
+
+    @decay_rate.setter
+    def decay_rate(self, value: float) -> None:
+        _check_settings(self.replacement_rate, self.maturity_threshold, value, self.fractional)
+        self._decay_rate = float(value)
+        self._flat = None  # its batch factors hold 1 - decay_rate
 
     @property
     def maturity_threshold(self) -> int:
@@ -311,20 +308,10 @@ class ContinualBackprop(SiteIntervention):
         """CBP on every hidden layer of ``nn.Sequential(Linear, act, Linear, act, ..., Linear)``."""
         return cls(sequential_sites(net), optimizer, **kwargs)
 
-    def record(self, index: int, activation: torch.Tensor) -> None:
-        """Keep only the batch sums of the activation (in the sites' flat buffer), while it is still in cache: in
-        SAC's update, reading them back after the backward pass and Adam took about twice as long."""
-        self._features[index] = self._flat_units().record(index, activation, self.decay_rate)
-
-    def _flat_units(self) -> _FlatUnits:
-        if self._flat is None:
-            self._flat = _FlatUnits(self._sites, self._site_states)
-        return self._flat
-
-    def _drop_flat_units(self) -> None:
-        """Rebuild the flat buffer at its next use; sums recorded into this one are dropped with it."""
-        self._flat = None
-        self._features[:] = [None] * len(self._features)
+    def __getstate__(self) -> dict:
+        """Pickle without the flat buffer: pickling stores each view's storage apart, so the copy's views would not
+        share it (it is rebuilt at the next step)."""
+        return super().__getstate__() | {"_flat": None}
 
     def step(self) -> None:
         """One generate-and-test on every site that has fresh activations since the last step."""
@@ -339,20 +326,30 @@ class ContinualBackprop(SiteIntervention):
                 else:
                     host.accumulator += host.expected
 
-    def _update_utilities(self, recorded: list[torch.Tensor | None]) -> list[int]:
-        """Fold the batch sums ``recorded`` since the last step (left None) into the running averages of their sites,
-        with the consumers' current outgoing weights; returns those sites.
+    def _update_utilities(self, features: list[torch.Tensor | None]) -> list[int]:
+        """Take the recorded ``features`` (left None) into the running averages of their sites; returns those sites.
 
         Runs once per optimizer step inside SB3's update, where each Python operation costs several times its
         isolated time (caches cold after Adam), so the per-site work is resolved once, in `_FlatUnits`.
         """
-        flat = self._flat_units()
+        flat = self._flat
+        if flat is None:
+            flat = self._flat = _FlatUnits(self._sites, self._site_states)
         fresh = []
-        for i, (sums, site) in enumerate(zip(recorded, flat.sites)):
-            if sums is None:
+        for i, (h, site) in enumerate(zip(features, flat.sites)):
+            if h is None:
                 continue
-            recorded[i] = None
+            features[i] = None
             fresh.append(i)
+            if h.dim() != site.batched_dims:
+                h = h.reshape(*site.member_shape, -1, h.shape[-1])
+            if h.shape[-2] != flat.batch[i]:
+                flat.set_batch(i, h.shape[-2], self.decay_rate)
+            torch.sum(h, -2, out=site.sum_h)
+            if not site.nonnegative:
+                torch.sum(h.abs(), -2, out=site.sum_abs_h)
+            elif site.sum_abs_h is not None:
+                site.sum_abs_h.copy_(site.sum_h)
             consumers = site.consumers
             weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
             torch.sum(weight.abs(), -2, out=site.out_magnitude)
@@ -362,7 +359,7 @@ class ContinualBackprop(SiteIntervention):
         return fresh
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ContinualBackprop:
-        self._drop_flat_units()  # moved or converted buffers are no longer views of it
+        self._flat = None  # moved or converted buffers are no longer views of it
         return super()._apply(fn, recurse)
 
     def _generate_and_test(self, index: int) -> None:

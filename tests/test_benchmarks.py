@@ -25,12 +25,23 @@ def test_cbp_overhead_times_the_same_network_with_cbp_off_and_on():
 
 @pytest.mark.slow
 def test_agent_overhead_prints_every_variant_with_replacements():
-    out = run("agent_overhead.py", "--algo", "ppo", "--rounds", "1", "--ppo-steps", "64", "--threads", "1")
+    out = run("agent_overhead.py", "--algo", "ppo", "--rounds", "1", "--ppo-steps", "64", "--threads", "1", "--own-time")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| PPO |")]
-    assert [row[2].strip() for row in rows] == [
+    throughput, own_time = rows[:4], rows[4:]
+    assert [row[2].strip() for row in throughput] == [
         "plain MlpPolicy", "plain MlpPolicy, replica", "CBP", "CBP + UnitHealthCallback"
     ]
-    assert [int(row[6]) for row in rows][2:] == [int(rows[2][6])] * 2 and int(rows[2][6]) > 0
+    assert [int(row[6]) for row in throughput][2:] == [int(rows[2][6])] * 2 and int(rows[2][6]) > 0
+    shares = {row[2].strip(): (float(row[3].strip(" %")), float(row[4].strip(" %"))) for row in own_time}
+    assert shares["CBP"][0] > 0 and shares["CBP"][1] == 0 and min(shares["CBP + UnitHealthCallback"]) > 0
+
+
+def test_ratio_of_totals_weighs_rounds_by_their_time(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from agent_overhead import ratio_of_totals
+
+    ratio, low, high = ratio_of_totals([1.0, 1.0, 4.0], [1.0, 1.0, 2.0])  # a median of round ratios would say 1
+    assert ratio == pytest.approx(4 / 6) and low <= ratio <= high and low >= 0.5 and high == 1.0
 
 
 @pytest.mark.parametrize("n", [2, 3, 4, 5])

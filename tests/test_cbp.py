@@ -385,16 +385,66 @@ def test_interventions_on_the_same_layers_record_independently():
     assert all(torch.equal(a, b) for a, b in zip(first.take_features(), second.take_features()))
     first.record_features(False)
     net(x)
-    with torch.no_grad():
-        hidden = [net[1](net[0](x))]
-        hidden.append(net[3](net[2](hidden[0])))
-    sums = second.take_features()  # CBP keeps each forward's batch sums, not the activations
-    assert first.take_features() == [None, None] and all(torch.allclose(s, h.sum(0)) for s, h in zip(sums, hidden))
+    assert first.take_features() == [None, None] and all(h.shape == (5, 20) for h in second.take_features())
     second.record_features(False)
     assert not any("forward" in net[i].__dict__ for i in (1, 3))  # both off: the class's own forward again
     first.record_features(True)
     net(x)
     assert second.take_features() == [None, None] and all(h is not None for h in first.take_features())
+
+
+def test_a_new_decay_rate_applies_from_the_next_step():
+    net, optimizer, cbp = trained_bundle()
+    cbp.decay_rate, cbp.replacement_rate = 0.5, 0.0
+    before = cbp.states["l0"].mean_activation.clone()
+    x = torch.randn(32, 6)  # the batch size of the steps before: the factors are not recomputed for a new one
+    with torch.no_grad():
+        mean = net[1](net[0](x)).mean(0)
+    net(x).sum().backward()
+    optimizer.step()
+    torch.testing.assert_close(cbp.states["l0"].mean_activation, 0.5 * before + 0.5 * mean)
+
+
+def trained_bundle(steps=3):
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.05, maturity_threshold=1)
+    for step in range(steps):
+        train_step(net, optimizer, seed=step)
+    return net, optimizer, cbp
+
+
+@pytest.mark.parametrize(
+    "between",
+    [lambda cbp: cbp.to("cpu"), lambda cbp: cbp.load_state_dict(cbp.state_dict())], ids=["to", "load_state_dict"]
+)
+def test_a_forward_counts_when_the_state_is_moved_or_loaded_before_the_step(between):
+    x = torch.randn(8, 6)
+    states = []
+    for intervene in (False, True):
+        net, optimizer, cbp = trained_bundle()
+        net(x).sum().backward()
+        if intervene:
+            between(cbp)
+        optimizer.step()
+        states.append(cbp.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0] if torch.is_tensor(states[0][k]))
+
+
+def test_a_pickled_cbp_after_training_updates_the_state_it_saves():
+    net, optimizer, cbp = trained_bundle()
+    net(torch.randn(8, 6))  # recorded, stepped after the copy
+    copies = [duplicate(nn.ModuleDict({"net": net, "cbp": cbp})) for duplicate in (copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m)))]
+    for bundle in copies:
+        bundle["cbp"].attach(torch.optim.SGD(bundle["net"].parameters(), lr=1e-2))
+        torch.manual_seed(3)
+        bundle["cbp"].optimizer.step()
+        for step in range(3, 8):
+            train_step(bundle["net"], bundle["cbp"].optimizer, seed=step)
+    deep, pickled = (bundle.state_dict() for bundle in copies)
+    assert not torch.equal(deep["cbp.states.l0.utility"], cbp.states["l0"].utility)
+    assert all(torch.equal(deep[k], pickled[k]) for k in deep if torch.is_tensor(deep[k]))
 
 
 @pytest.mark.parametrize("duplicate", [copy.deepcopy, lambda module: pickle.loads(pickle.dumps(module))])

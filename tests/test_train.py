@@ -143,6 +143,12 @@ def test_a_resumed_run_continues_exactly_as_the_uninterrupted_run(tmp_path, algo
         assert resumed_steps == steps and len(resumed) == len(expected)
         assert all(torch.equal(a, b) for a, b in zip(expected, resumed)) == exact, run.name
 
+    def health(run):  # grad_norm aside: a resumed model has no gradients until its first update
+        return {tag: v for tag, v in scalars(run).items() if tag.startswith(("health/", "cbp/")) and "grad_norm" not in tag}
+
+    logged = health(whole)
+    assert health(halves) == logged and len(logged["health/actor/l1/effective_rank"]) == 1
+
 
 def test_a_resumed_logger_purges_only_the_steps_after_the_checkpoint(tmp_path):
     first = SummaryWriter(str(tmp_path / "tb"))
