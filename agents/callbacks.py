@@ -65,7 +65,7 @@ class UnitHealthCallback(BaseCallback):
         self.probe_size = probe_size
         self.utility_histograms = utility_histograms
         self.rank_every = rank_every
-        self._last_probe = -np.inf
+        self._last_probe: int | None = None
         self._last_ranks: int | None = None
 
     def _init_callback(self) -> None:
@@ -76,7 +76,7 @@ class UnitHealthCallback(BaseCallback):
         self._off_policy = isinstance(self.model, OffPolicyAlgorithm)
 
     def _on_step(self) -> bool:
-        if self._off_policy and self.num_timesteps - self._last_probe >= self.log_every:
+        if self._off_policy and (self._last_probe is None or self.num_timesteps - self._last_probe >= self.log_every):
             batch = self._replay_batch()
             if batch is not None:
                 self._last_probe = self.num_timesteps
@@ -91,12 +91,10 @@ class UnitHealthCallback(BaseCallback):
 
     def state_dict(self) -> dict[str, Any]:
         """The probe cadence, so that a resumed run probes (and ranks) at the steps the uninterrupted run would."""
-        last = None if self._last_probe == -np.inf else int(self._last_probe)
-        return {"last_probe": last, "last_ranks": self._last_ranks}
+        return {"last_probe": self._last_probe, "last_ranks": self._last_ranks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._last_probe = -np.inf if state["last_probe"] is None else int(state["last_probe"])
-        self._last_ranks = None if state["last_ranks"] is None else int(state["last_ranks"])
+        self._last_probe, self._last_ranks = state["last_probe"], state["last_ranks"]
 
     def _as_tensor(self, array: np.ndarray) -> torch.Tensor:
         return obs_as_tensor(array[evenly_spaced(len(array), self.probe_size)], self.model.device)

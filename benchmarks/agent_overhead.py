@@ -40,9 +40,9 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.logger import Logger
 
 from agents import METHODS, UnitHealthCallback, init_policy_
-from cbp_rl import ContinualBackprop, SiteIntervention
 from agents.callbacks import PROBE_SIZE, RANK_EVERY
 from agents.config import ALGORITHMS, POLICIES, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
+from cbp_rl import ContinualBackprop, SiteIntervention
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SEED = 0
