@@ -24,6 +24,7 @@ class _HostCounters:
     Units store their birth step, so aging is one increment. The fractional accumulator grows by
     ``expected = replacement_rate × #mature`` every step, one addition at a time: its value after any step is the
     same whether or not the run was saved and restored in between (a lazy ``k × expected`` would round differently).
+    The additions wait in ``pending`` until the accumulator is read (`settle`), which makes them in order.
     Everything else waits for events (a unit can mature, a replacement may be due).
     """
 
@@ -35,6 +36,14 @@ class _HostCounters:
         self.mature = np.zeros_like(replaced)
         self.next_recount = 0  # the step at which the oldest immature unit matures
         self.next_event = 0
+        self.pending = 0  # steps whose addition of ``expected`` to the accumulator is still to be made
+
+    def settle(self) -> None:
+        """Make the pending additions, one per step, as a running sum (rounded exactly as single additions)."""
+        if self.pending:
+            additions = np.broadcast_to(self.expected, (self.pending, len(self.expected)))
+            self.accumulator[:] = np.add.accumulate(np.vstack([self.accumulator, additions]))[-1]
+            self.pending = 0
 
     def ages(self) -> np.ndarray:
         return self.steps - self.birth
@@ -87,6 +96,7 @@ class _SiteState(nn.Module):
     @torch.no_grad()
     def _write_host_counters(module: _SiteState, prefix: str, keep_vars: bool) -> None:
         host = module.host
+        host.settle()
         values = {"age": host.ages(), "accumulator": host.accumulator, "replaced": host.replaced}
         for name, value in values.items():
             buffer = getattr(module, name)
@@ -287,6 +297,7 @@ class ContinualBackprop(SiteIntervention):
         """Count mature units again at every site's next step (the settings the schedule came from changed)."""
         for state in self._site_states:
             host = state.host
+            host.settle()
             host.expected = self.replacement_rate * host.mature
             host.next_recount = host.next_event = host.steps + 1
 
@@ -315,22 +326,22 @@ class ContinualBackprop(SiteIntervention):
 
     def step(self) -> None:
         """One generate-and-test on every site that has fresh activations since the last step."""
-        with torch.no_grad():
-            fresh = self._update_utilities(self._features)
-            if not fresh or self._replacement_rate == 0:
-                return
-            for i in fresh:
-                host = self._site_states[i].host
-                if host.steps >= host.next_event:
-                    self._generate_and_test(i)
-                else:
-                    host.accumulator += host.expected
+        fresh = self._update_utilities(self._features)
+        if not fresh or self._replacement_rate == 0:
+            return
+        for i in fresh:
+            host = self._site_states[i].host
+            if host.steps >= host.next_event:
+                self._generate_and_test(i)
+            else:
+                host.pending += 1
 
     def _update_utilities(self, features: list[torch.Tensor | None]) -> list[int]:
         """Take the recorded ``features`` (left None) into the running averages of their sites; returns those sites.
 
         Runs once per optimizer step inside SB3's update, where each Python operation costs several times its
-        isolated time (caches cold after Adam), so the per-site work is resolved once, in `_FlatUnits`.
+        isolated time (caches cold after Adam), so the per-site work is resolved once, in `_FlatUnits`, and nothing
+        here needs ``no_grad`` (entering it costs there about as much as a batch sum).
         """
         flat = self._flat
         if flat is None:
@@ -351,7 +362,10 @@ class ContinualBackprop(SiteIntervention):
             elif site.sum_abs_h is not None:
                 site.sum_abs_h.copy_(site.sum_h)
             consumers = site.consumers
-            weight = consumers[0].weight if len(consumers) == 1 else torch.cat([c.weight for c in consumers], -2)
+            if len(consumers) == 1:
+                weight = consumers[0].weight.detach()
+            else:
+                weight = torch.cat([consumer.weight.detach() for consumer in consumers], -2)
             torch.sum(weight.abs(), -2, out=site.out_magnitude)
             site.state.host.steps += 1
         if fresh:
@@ -375,6 +389,7 @@ class ContinualBackprop(SiteIntervention):
 
     def _count_replacements(self, host: _HostCounters) -> np.ndarray:
         """Units to replace now in each member of a site."""
+        host.settle()
         if host.steps >= host.next_recount:
             host.recount_mature(self.maturity_threshold, self.replacement_rate)
         if self.fractional == "accumulate":

@@ -125,38 +125,45 @@ def reinitialize_units(
     :param optimizer: if given, its state of the touched rows/columns is reset: first moments to 0, second
         moments to the mean of the rest of the member's tensor (so new units' first steps are no larger).
     """
-    members, width = site.members, site.units
     producer = site.producer
-    weight = producer.weight.view(members, width, -1)
-    bias = None if producer.bias is None else producer.bias.view(members, width)
-    outgoing = [consumer.weight.view(members, -1, width) for consumer in site.consumers]
-    consumer_biases = [None if c.bias is None else c.bias.view(members, -1) for c in site.consumers]
-    touched = [(producer.weight, weight.shape, 0)]
-    if bias is not None:
-        touched.append((producer.bias, bias.shape, 0))
-    touched += [(consumer.weight, out.shape, 1) for consumer, out in zip(site.consumers, outgoing)]
+    weights, biases = _by_member(producer.weight, 2), _by_member(producer.bias, 1)
+    outgoing = [_by_member(consumer.weight, 2) for consumer in site.consumers]
+    consumer_biases = [_by_member(consumer.bias, 1) for consumer in site.consumers]
+    touched = [(producer.weight, 2, 0), (producer.bias, 1, 0)]
+    touched += [(consumer.weight, 2, 1) for consumer in site.consumers]
     for member, index in enumerate(units):
         if len(index) == 0:
             continue
+        weight = weights[member]
         fresh = torch.empty(len(index), weight.shape[-1], dtype=weight.dtype, device=weight.device)
-        weight[member].index_copy_(0, index, fresh.uniform_(-bound, bound))
-        if bias is not None:
-            bias[member].index_fill_(0, index, 0.0)
+        weight.index_copy_(0, index, fresh.uniform_(-bound, bound))
+        if biases:
+            biases[member].index_fill_(0, index, 0.0)
         for out, consumer_bias in zip(outgoing, consumer_biases):
-            if consumer_bias is not None and mean_contribution is not None:
+            if consumer_bias and mean_contribution is not None:
                 consumer_bias[member].add_(out[member].index_select(1, index) @ mean_contribution[member])
             out[member].index_fill_(1, index, 0.0)
         if optimizer is not None:
-            for param, shape, dim in touched:
-                _reset_moments(optimizer.state.get(param, {}), param, shape, member, dim, index)
+            for param, dims, dim in touched:
+                if param is not None:
+                    _reset_moments(optimizer.state.get(param, {}), param, dims, member, dim, index)
 
 
-def _reset_moments(state: dict, param: torch.Tensor, shape: Sequence[int], member: int, dim: int, index: torch.Tensor) -> None:
+def _by_member(tensor: torch.Tensor | None, dims: int) -> Sequence[torch.Tensor]:
+    """Views of each member's slice of a layer's ``tensor`` (its last ``dims`` dims); empty for None."""
+    if tensor is None:
+        return ()
+    if tensor.dim() == dims:
+        return (tensor,)
+    return tensor.view(-1, *tensor.shape[-dims:]).unbind(0)
+
+
+def _reset_moments(state: dict, param: torch.Tensor, dims: int, member: int, dim: int, index: torch.Tensor) -> None:
     """Zero the first moments of the touched slices of one member; set its second moments to the mean of the rest."""
     for key, moment in state.items():
         if not torch.is_tensor(moment) or moment.shape != param.shape:
             continue
-        view = moment.view(shape)[member]
+        view = _by_member(moment, dims)[member]
         if key in _FIRST_MOMENTS:
             view.index_fill_(dim, index, 0.0)
         elif key in _SECOND_MOMENTS:
