@@ -16,6 +16,7 @@ from .sites import Site, reinitialize_units, sequential_sites
 FRACTIONAL_MODES = ("accumulate", "bernoulli")
 _NONNEGATIVE_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softplus)
 _MARGIN = 1e-12  # an accumulator this close below a whole number counts as reaching it
+_SETTLE_CHUNK = 4096  # pending additions made at once (bounds the memory of a rare, very late settle)
 
 
 class _HostCounters:
@@ -39,11 +40,12 @@ class _HostCounters:
         self.pending = 0  # steps whose addition of ``expected`` to the accumulator is still to be made
 
     def settle(self) -> None:
-        """Make the pending additions, one per step, as a running sum (rounded exactly as single additions)."""
-        if self.pending:
-            additions = np.broadcast_to(self.expected, (self.pending, len(self.expected)))
+        """Make the pending additions, one per step, as running sums (rounded exactly as single additions)."""
+        while self.pending:
+            chunk = min(self.pending, _SETTLE_CHUNK)
+            additions = np.broadcast_to(self.expected, (chunk, len(self.expected)))
             self.accumulator[:] = np.add.accumulate(np.vstack([self.accumulator, additions]))[-1]
-            self.pending = 0
+            self.pending -= chunk
 
     def ages(self) -> np.ndarray:
         return self.steps - self.birth

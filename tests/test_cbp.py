@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from cbp_rl import ContinualBackprop, Site, StackedLinear, uniform_bound
+from cbp_rl.cbp import _SETTLE_CHUNK, _HostCounters
 
 
 def make_net(inputs=6, hidden=20, outputs=2, seed=0):
@@ -39,6 +40,16 @@ def test_replacements_follow_rate_times_mature_units():
             expected[name] += 0.013 * np.count_nonzero(ages_before[name] + 1 > 7)
             assert cbp.replacements()[name] == math.floor(expected[name] + 1e-9), (step, name)
     assert all(count > 100 for count in cbp.replacements().values())
+
+
+def test_pending_additions_settle_as_single_additions_across_chunks():
+    host = _HostCounters(np.zeros((2, 4), np.int64), np.array([0.1, 0.2]), np.zeros(2, np.int64))
+    host.expected, host.pending = np.array([1e-7, 3.3e-8]), 2 * _SETTLE_CHUNK + 5
+    accumulator = host.accumulator.copy()
+    for _ in range(host.pending):
+        accumulator += host.expected
+    host.settle()
+    assert host.pending == 0 and np.array_equal(host.accumulator, accumulator)
 
 
 def test_rate_changes_take_effect_at_the_next_step_without_a_burst():
