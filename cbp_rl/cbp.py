@@ -25,26 +25,46 @@ class _HostCounters:
     Units store their birth step, so aging is one increment. The fractional accumulator grows by
     ``expected = replacement_rate × #mature`` every step, one addition at a time: its value after any step is the
     same whether or not the run was saved and restored in between (a lazy ``k × expected`` would round differently).
-    The additions wait in ``pending`` until the accumulator is read (`settle`), which makes them in order.
+    The additions wait in ``pending`` until the accumulator is read or ``expected`` changes, and are then made in
+    order (`settle`).
     Everything else waits for events (a unit can mature, a replacement may be due).
     """
 
     def __init__(self, age: np.ndarray, accumulator: np.ndarray, replaced: np.ndarray) -> None:
         self.steps = 0
         self.birth = -age
-        self.accumulator, self.replaced = accumulator, replaced
-        self.expected = np.zeros_like(accumulator)
+        self.pending = 0  # steps whose addition of ``expected`` to the accumulator is still to be made
+        self._accumulator, self.replaced = accumulator, replaced
+        self._expected = np.zeros_like(accumulator)
         self.mature = np.zeros_like(replaced)
         self.next_recount = 0  # the step at which the oldest immature unit matures
         self.next_event = 0
-        self.pending = 0  # steps whose addition of ``expected`` to the accumulator is still to be made
+
+    @property
+    def accumulator(self) -> np.ndarray:
+        self.settle()
+        return self._accumulator
+
+    @accumulator.setter
+    def accumulator(self, value: np.ndarray) -> None:
+        self.settle()
+        self._accumulator = value
+
+    @property
+    def expected(self) -> np.ndarray:
+        return self._expected
+
+    @expected.setter
+    def expected(self, value: np.ndarray) -> None:
+        self.settle()
+        self._expected = value
 
     def settle(self) -> None:
         """Make the pending additions, one per step, as running sums (rounded exactly as single additions)."""
         while self.pending:
             chunk = min(self.pending, _SETTLE_CHUNK)
-            additions = np.broadcast_to(self.expected, (chunk, len(self.expected)))
-            self.accumulator[:] = np.add.accumulate(np.vstack([self.accumulator, additions]))[-1]
+            additions = np.broadcast_to(self._expected, (chunk, len(self._expected)))
+            self._accumulator[:] = np.add.accumulate(np.vstack([self._accumulator, additions]))[-1]
             self.pending -= chunk
 
     def ages(self) -> np.ndarray:
@@ -98,7 +118,6 @@ class _SiteState(nn.Module):
     @torch.no_grad()
     def _write_host_counters(module: _SiteState, prefix: str, keep_vars: bool) -> None:
         host = module.host
-        host.settle()
         values = {"age": host.ages(), "accumulator": host.accumulator, "replaced": host.replaced}
         for name, value in values.items():
             buffer = getattr(module, name)
@@ -299,7 +318,6 @@ class ContinualBackprop(SiteIntervention):
         """Count mature units again at every site's next step (the settings the schedule came from changed)."""
         for state in self._site_states:
             host = state.host
-            host.settle()
             host.expected = self.replacement_rate * host.mature
             host.next_recount = host.next_event = host.steps + 1
 
@@ -391,7 +409,6 @@ class ContinualBackprop(SiteIntervention):
 
     def _count_replacements(self, host: _HostCounters) -> np.ndarray:
         """Units to replace now in each member of a site."""
-        host.settle()
         if host.steps >= host.next_recount:
             host.recount_mature(self.maturity_threshold, self.replacement_rate)
         if self.fractional == "accumulate":

@@ -129,8 +129,8 @@ def reinitialize_units(
     weights, biases = _by_member(producer.weight, 2), _by_member(producer.bias, 1)
     outgoing = [_by_member(consumer.weight, 2) for consumer in site.consumers]
     consumer_biases = [_by_member(consumer.bias, 1) for consumer in site.consumers]
-    touched = [(producer.weight, 2, 0), (producer.bias, 1, 0)]
-    touched += [(consumer.weight, 2, 1) for consumer in site.consumers]
+    touched = [(producer.weight, 2, 0), (producer.bias, 1, 0)] + [(c.weight, 2, 1) for c in site.consumers]
+    touched = [(param, dims, dim) for param, dims, dim in touched if param is not None]
     for member, index in enumerate(units):
         if len(index) == 0:
             continue
@@ -145,8 +145,7 @@ def reinitialize_units(
             out[member].index_fill_(1, index, 0.0)
         if optimizer is not None:
             for param, dims, dim in touched:
-                if param is not None:
-                    _reset_moments(optimizer.state.get(param, {}), param, dims, member, dim, index)
+                _reset_moments(optimizer.state.get(param, {}), param, dims, member, dim, index)
 
 
 def _by_member(tensor: torch.Tensor | None, dims: int) -> Sequence[torch.Tensor]:

@@ -44,8 +44,9 @@ def test_replacements_follow_rate_times_mature_units():
 
 def test_pending_additions_settle_as_single_additions_across_chunks():
     host = _HostCounters(np.zeros((2, 4), np.int64), np.array([0.1, 0.2]), np.zeros(2, np.int64))
-    host.expected, host.pending = np.array([1e-7, 3.3e-8]), 2 * _SETTLE_CHUNK + 5
+    host.expected = np.array([1e-7, 3.3e-8])
     accumulator = host.accumulator.copy()
+    host.pending = 2 * _SETTLE_CHUNK + 5
     for _ in range(host.pending):
         accumulator += host.expected
     host.settle()
