@@ -114,6 +114,12 @@ class _SiteState(nn.Module):
         self.register_state_dict_pre_hook(_SiteState._write_host_counters)
         self.register_load_state_dict_post_hook(_SiteState._read_host_counters)
 
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> _SiteState:
+        """Convert or move the buffers; the fractional accumulator stays float64 (``.float()`` would round it)."""
+        super()._apply(fn, recurse)
+        self.accumulator = self.accumulator.double()
+        return self
+
     @staticmethod
     @torch.no_grad()
     def _write_host_counters(module: _SiteState, prefix: str, keep_vars: bool) -> None:

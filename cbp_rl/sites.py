@@ -141,7 +141,7 @@ def reinitialize_units(
             biases[member].index_fill_(0, index, 0.0)
         for out, consumer_bias in zip(outgoing, consumer_biases):
             if consumer_bias and mean_contribution is not None:
-                consumer_bias[member].add_(out[member].index_select(1, index) @ mean_contribution[member])
+                consumer_bias[member].add_(out[member].index_select(1, index) @ mean_contribution[member].to(out[member].dtype))
             out[member].index_fill_(1, index, 0.0)
         if optimizer is not None:
             for param, dims, dim in touched:

@@ -417,6 +417,31 @@ def test_a_new_decay_rate_applies_from_the_next_step():
     torch.testing.assert_close(cbp.states["l0"].mean_activation, 0.5 * before + 0.5 * mean)
 
 
+def test_converting_cbp_to_another_dtype_keeps_its_accumulator_exact():
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.0131, maturity_threshold=1)
+    for step in range(7):
+        train_step(net, optimizer, seed=step)
+    exact = {key: value for key, value in cbp.state_dict().items() if key.endswith("accumulator")}
+    assert all(value.half().double() != value for value in exact.values())  # half precision would round them
+    cbp.half()
+    converted = cbp.state_dict()
+    assert cbp.states["l0"].utility.dtype == torch.float16
+    assert all(converted[key].dtype == torch.float64 and torch.equal(converted[key], value) for key, value in exact.items())
+
+
+def test_a_network_converted_to_another_dtype_than_its_cbp_keeps_replacing_units():
+    net = make_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.2, maturity_threshold=0)
+    net.double()
+    for step in range(5):
+        train_step(net, optimizer, x=torch.randn(32, 6, dtype=torch.float64))
+    assert all(count > 0 for count in cbp.replacements().values())
+    assert all(p.dtype == torch.float64 and p.isfinite().all() for p in net.parameters())
+
+
 def trained_bundle(steps=3):
     net = make_net()
     optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
