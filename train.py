@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-import envs  # noqa: F401  (registers the Slippery* ids)
+import envs  # registers the Slippery* ids
 from agents.config import build_config, build_model, check_resumable, is_slippery, make_env, read_yaml, set_dotted
 from agents.run import CLIParser, latest_checkpoint, load_checkpoint, make_callbacks, tensorboard_logger, write_run_files
 
@@ -66,8 +66,12 @@ def resolve_config(args: argparse.Namespace):
     for assignment in args.set:
         data = set_dotted(data, assignment)
     config = build_config(data)
-    if args.change_every is not None and not is_slippery(config.env.id):
-        raise ValueError(f"--change-every needs a Slippery* env (it changes their friction), not {config.env.id!r}")
+    schedule_keys = {f"env.kwargs.{key}" for key in envs.SCHEDULE_KWARGS}
+    scheduled = [f"--set {assignment}" for assignment in args.set if assignment.partition("=")[0] in schedule_keys]
+    if args.change_every is not None:
+        scheduled.insert(0, "--change-every")
+    if scheduled and not is_slippery(config.env.id):
+        raise ValueError(f"{scheduled[0]} needs a Slippery* env (it sets their friction), not {config.env.id!r}")
     if args.resume:
         check_resumable(build_config(recorded), config)
     return config

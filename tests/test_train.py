@@ -204,6 +204,7 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
         (["--set", "logging.eval_frictions=[0.5,-1]"], "'logging.eval_frictions'=[0.5, -1] is invalid"),
         (["--env", "Hopper-v5", "--set", "logging.eval_frictions=[1]"], "'logging.eval_frictions' needs a Slippery* env"),
         (["--env", "Hopper-v5", "--change-every", "100"], "--change-every needs a Slippery* env"),
+        (["--env", "Hopper-v5", "--set", "env.kwargs.friction=0.5"], "--set env.kwargs.friction=0.5 needs a Slippery* env"),
         (["--set", "policy.cbp.decay_rate=fast"], "decay_rate='fast' is invalid"),
         (["--method", "shrink_perturb", "--set", "policy.shrink_perturb.noise_scale=[1]"], "noise_scale=[1] is invalid"),
         (["--device", "cudaa"], "'device'='cudaa' is invalid"),
