@@ -36,8 +36,10 @@ class UnitHealthCallback(BaseCallback):
     """Logs DESIGN §4 unit-health metrics of every site of the actor and critic(s), and CBP's activity.
 
     On-policy algorithms (PPO) are probed at every rollout end on that rollout's observations;
-    off-policy ones (SAC) every ``log_every`` environment steps on the newest replay transitions, dumping the logger
-    then, so the values carry the step they were measured at (SB3 dumps off-policy logs only every few episodes).
+    off-policy ones (SAC) every ``log_every`` environment steps on the newest ``probe_size`` replay transitions, the
+    first time once the buffer holds that many (fewer would bias the metrics: one transition makes every unit that is
+    zero on it look dead), dumping the logger then, so the values carry the step they were measured at (SB3 dumps
+    off-policy logs only every few episodes).
     Tags: ``health/{network}/{site}/{metric}``, ``health/{network}/{head}/weight_mag``,
     ``health/{network}/grad_norm`` (last update), ``{method}/{network}/{site}/replaced`` (cumulative units
     replaced by CBP or ReDo), ``cbp/{network}/{site}/mean_age`` and, in TensorBoard only,
@@ -76,12 +78,11 @@ class UnitHealthCallback(BaseCallback):
         self._off_policy = isinstance(self.model, OffPolicyAlgorithm)
 
     def _on_step(self) -> bool:
-        if self._off_policy and (self._last_probe is None or self.num_timesteps - self._last_probe >= self.log_every):
-            batch = self._replay_batch()
-            if batch is not None:
-                self._last_probe = self.num_timesteps
-                self.log_health(*batch)
-                self.logger.dump(self.num_timesteps)
+        due = self._last_probe is None or self.num_timesteps - self._last_probe >= self.log_every
+        if self._off_policy and due and self._stored_rows() >= self._probe_rows():
+            self._last_probe = self.num_timesteps
+            self.log_health(*self._replay_batch())
+            self.logger.dump(self.num_timesteps)
         return True
 
     def _on_rollout_end(self) -> None:
@@ -99,12 +100,20 @@ class UnitHealthCallback(BaseCallback):
     def _as_tensor(self, array: np.ndarray) -> torch.Tensor:
         return obs_as_tensor(array[evenly_spaced(len(array), self.probe_size)], self.model.device)
 
-    def _replay_batch(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _probe_rows(self) -> int:
+        """Replay rows (one transition of each env) an off-policy probe takes: ``probe_size`` transitions, at most the
+        whole buffer."""
         buffer = self.model.replay_buffer
-        stored = buffer.buffer_size if buffer.full else buffer.pos
-        if stored == 0:
-            return None
-        count = min(stored, max(1, self.probe_size // buffer.n_envs))
+        return min(buffer.buffer_size, max(1, self.probe_size // buffer.n_envs))
+
+    def _stored_rows(self) -> int:
+        buffer = self.model.replay_buffer
+        return buffer.buffer_size if buffer.full else buffer.pos
+
+    def _replay_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The newest stored transitions, up to a probe's worth: observations and actions."""
+        buffer = self.model.replay_buffer
+        count = min(self._stored_rows(), self._probe_rows())
         rows = (buffer.pos - 1 - np.arange(count)) % buffer.buffer_size
         observations = buffer.observations[rows].reshape(-1, *buffer.obs_shape)
         actions = buffer.actions[rows].reshape(-1, buffer.action_dim)

@@ -13,7 +13,8 @@ from cbp_rl import Site, sequential_sites
 def policy_sites(policy: BasePolicy) -> dict[str, dict[str, Site]]:
     """Hidden-unit sites of each network of a PPO (``actor``, ``critic``) or SAC (``actor``, ``critic0``, ...) policy.
 
-    SAC's ``critic_target`` is never included.
+    Networks without a hidden layer (``net_arch`` ``[]``) have none and are left out; SAC's ``critic_target`` is never
+    included.
     """
     if isinstance(policy, ActorCriticPolicy):
         extractor = policy.mlp_extractor
@@ -27,7 +28,7 @@ def policy_sites(policy: BasePolicy) -> dict[str, dict[str, Site]]:
         networks |= {f"critic{i}": (q_net, ()) for i, q_net in enumerate(policy.critic.q_networks)}
     else:
         raise TypeError(f"policy {type(policy).__name__} is not supported: expected an ActorCriticPolicy or SACPolicy")
-    return {name: sequential_sites(body, heads) for name, (body, heads) in networks.items() if len(body)}
+    return {name: sequential_sites(body, heads) for name, (body, heads) in networks.items() if len(body) > 1}
 
 
 def policy_heads(policy: BasePolicy) -> dict[str, dict[str, nn.Linear]]:

@@ -142,6 +142,8 @@ def probe(
     :param prefix: prepended to each tag, e.g. ``"health/actor/"``.
     :param ranks: also the rank metrics (see `site_health`).
     """
+    if not sites:
+        return {}
     captured: dict[str, torch.Tensor] = {}
 
     def recorder(name: str):

@@ -237,6 +237,22 @@ def test_sac_health_probes_the_replay_buffer(tmp_path):
     assert all(math.isfinite(v) for v in scalars.values())
 
 
+@pytest.mark.parametrize("algo, net_arch", [("ppo", []), ("sac", dict(pi=[UNITS], qf=[]))], ids=["ppo_linear", "sac_linear_critics"])
+def test_networks_without_hidden_layers_train_and_log_health(algo, net_arch):
+    env = make_vec_env("SlipperyHopper-v0", seed=0)
+    policy_kwargs = dict(net_arch=net_arch, cbp=CBP)
+    if algo == "ppo":
+        model = PPO(CBPActorCriticPolicy, env, n_steps=64, batch_size=32, n_epochs=1, seed=0, policy_kwargs=policy_kwargs)
+    else:
+        model = SAC(CBPSACPolicy, env, learning_starts=10, batch_size=16, seed=0, policy_kwargs=policy_kwargs)
+    callback = UnitHealthCallback(log_every=20, probe_size=16)
+    model.learn(64, callback=callback)
+    batch = callback._replay_batch() if algo == "sac" else (torch.zeros(4, *model.observation_space.shape),)
+    scalars = callback.log_health(*batch)
+    assert not any(tag.startswith("health/critic") and tag.endswith("dead_frac") for tag in scalars)
+    assert ("health/actor/l0/dead_frac" in scalars) == (algo == "sac") and "health/critic/grad_norm" in scalars
+
+
 class RecordingHealthCallback(UnitHealthCallback):
     """Keeps each probe batch with what it was drawn from: the rollout (PPO) or the replay position (SAC)."""
 
@@ -274,10 +290,10 @@ def test_ranks_come_with_the_first_probe_then_with_the_first_after_each_multiple
 def test_sac_probe_takes_the_newest_stored_transitions():
     model = sac()
     callback = RecordingHealthCallback(log_every=60, probe_size=40)
-    model.learn(100, callback=callback)
+    model.learn(110, callback=callback)
     observations, actions, position = callback.batches[-1]
     newest = np.arange(position - 1, position - 41, -1)
-    assert len(callback.batches) == 2 and position > 40
+    assert [batch[2] for batch in callback.batches] == [40, 100]  # the first once 40 transitions are stored
     assert torch.equal(observations, torch.as_tensor(model.replay_buffer.observations[newest, 0]))
     assert torch.equal(actions, torch.as_tensor(model.replay_buffer.actions[newest, 0]))
 

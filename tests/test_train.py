@@ -62,12 +62,13 @@ def test_sac_run(tmp_path):
                        "--set", "algo_kwargs.learning_starts=100", "--set", "algo_kwargs.buffer_size=1000",
                        "--set", "policy.net_arch=[16,16]", "--set", "policy.cbp.maturity_threshold=10",
                        "--set", "policy.cbp.replacement_rate=0.01", "--set", "logging.health_every=100",
-                       "--set", "logging.rank_every=200")
+                       "--set", "logging.rank_every=200", "--set", "logging.probe_size=50")
     assert result.returncode == 0, result.stderr
     tags = scalars(tmp_path / "sac")
     assert tags["cbp/critic1/l0/replaced"][-1][1] > 0
-    assert [step for step, _ in tags["health/actor/l1/dead_frac"]] == [2, 102, 202]  # at the probes' own steps
-    assert [step for step, _ in tags["health/actor/l1/effective_rank"]] == [2, 202]
+    # at the probes' own steps, the first once 50 transitions are stored (a step's transition is stored after it)
+    assert [step for step, _ in tags["health/actor/l1/dead_frac"]] == [51, 151, 251]
+    assert [step for step, _ in tags["health/actor/l1/effective_rank"]] == [51, 251]
 
 
 def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
