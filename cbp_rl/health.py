@@ -98,24 +98,43 @@ def site_health(
 ) -> dict[str, torch.Tensor]:
     """Every DESIGN §4 metric of one site's probe features, as 0-dim tensors (no host sync).
 
-    :param sigma: the features' singular values, if already computed.
+    A `StackedLinear` site's members are independent layers: each is measured on its own features (``[members, batch,
+    units]``) and the site's metrics are the means over its members.
+
+    :param sigma: the features' singular values (``[members, k]`` for a stacked site), if already computed.
     :param ranks: also the rank metrics (``effective_rank``, ``stable_rank``, ``stable_rank_pct``); their float64 Gram
         matrix and its eigenvalues take about three quarters of a probe's time.
     """
-    features = _flat(features.detach())
+    members = _by_member(features.detach(), site)
+    sigmas = [None] * len(members) if sigma is None else sigma.reshape(len(members), -1)
+    measured = [_member_health(h, member_sigma, ranks) for h, member_sigma in zip(members, sigmas)]
+    if len(measured) == 1:
+        metrics = measured[0]
+    else:
+        metrics = {key: torch.stack([m[key].double() for m in measured]).mean() for key in measured[0]}
+    metrics = {"weight_mag": weight_magnitude(site.producer)} | metrics
+    if ranks:
+        metrics["stable_rank_pct"] = 100.0 * metrics["stable_rank"] / site.units
+    return metrics
+
+
+def _by_member(features: torch.Tensor, site: Site) -> torch.Tensor:
+    """A site's features as ``[members, batch, units]`` (members 1 for ``nn.Linear``: every leading dim is batch)."""
+    return features.reshape(site.members, -1, features.shape[-1])
+
+
+def _member_health(features: torch.Tensor, sigma: torch.Tensor | None, ranks: bool) -> dict[str, torch.Tensor]:
     magnitude = features.abs().mean(0)
     metrics = {
         "dead_frac": dead_fraction(features),
         "dormant_frac": _dormant_fraction(magnitude, 0.0),
         "dormant_frac_0.1": _dormant_fraction(magnitude, 0.1),
-        "weight_mag": weight_magnitude(site.producer),
         "feature_norm": feature_norm(features),
     }
     if ranks:
         sigma = singular_values(features) if sigma is None else sigma
-        stable = stable_rank(sigma=sigma)
         metrics["effective_rank"] = effective_rank(sigma=sigma)
-        metrics["stable_rank"], metrics["stable_rank_pct"] = stable, 100.0 * stable / site.units
+        metrics["stable_rank"] = stable_rank(sigma=sigma)
     return metrics
 
 
@@ -161,7 +180,7 @@ def probe(
     missing = set(sites) - set(captured)
     if missing:
         raise RuntimeError(f"the probe forward did not pass through sites {sorted(missing)}")
-    features = {name: _flat(captured[name]) for name in sites}
+    features = {name: _by_member(captured[name], site).squeeze(0) for name, site in sites.items()}
     sigma = _stacked_singular_values(features) if ranks else {}
     tags, values = [], []
     for name, site in sites.items():

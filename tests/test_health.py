@@ -12,7 +12,9 @@ from cbp_rl import (
     dormant_fraction,
     effective_rank,
     feature_norm,
+    StackedLinear,
     probe,
+    sequential_sites,
     singular_values,
     stable_rank,
     weight_magnitude,
@@ -115,3 +117,24 @@ def test_probe_names_sites_it_did_not_reach():
     sites = ContinualBackprop.from_sequential(net).sites
     with pytest.raises(RuntimeError, match="l0"):
         probe(lambda: None, sites)
+
+
+def test_a_stacked_site_is_measured_member_by_member():
+    torch.manual_seed(0)
+    members, units = 3, 16
+    net = nn.Sequential(StackedLinear(members, 5, units), nn.ReLU(), StackedLinear(members, units, 1))
+    with torch.no_grad():
+        net[0].bias[0] = -100.0  # member 0: every unit dead; the others mostly alive
+        net[0].bias[1, :4] = -100.0  # member 1: 4 of 16 dead
+    x = torch.randn(members, 300, 5)
+    stacked = probe(lambda: net(x), sequential_sites(net))
+    alone = []
+    for m in range(members):
+        single = nn.Sequential(nn.Linear(5, units), nn.ReLU(), nn.Linear(units, 1))
+        with torch.no_grad():
+            single[0].weight.copy_(net[0].weight[m])
+            single[0].bias.copy_(net[0].bias[m])
+        alone.append(probe(lambda: single(x[m]), sequential_sites(single)))
+    assert stacked["l0/dead_frac"] == pytest.approx((1 + 4 / 16 + alone[2]["l0/dead_frac"]) / 3)
+    for metric in ("dead_frac", "dormant_frac", "dormant_frac_0.1", "feature_norm", "effective_rank", "stable_rank"):
+        assert stacked[f"l0/{metric}"] == pytest.approx(sum(a[f"l0/{metric}"] for a in alone) / members), metric
