@@ -9,6 +9,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import obs_as_tensor
+from stable_baselines3.sac.policies import SACPolicy
 
 from cbp_rl import probe, weight_magnitude
 
@@ -41,8 +42,9 @@ class UnitHealthCallback(BaseCallback):
     zero on it look dead), dumping the logger then, so the values carry the step they were measured at (SB3 dumps
     off-policy logs only every few episodes).
     Tags: ``health/{network}/{site}/{metric}``, ``health/{network}/{head}/weight_mag``,
-    ``health/{network}/grad_norm`` (last update), ``{method}/{network}/{site}/replaced`` (cumulative units
-    replaced by CBP or ReDo), ``cbp/{network}/{site}/mean_age`` and, in TensorBoard only,
+    ``health/{network}/grad_norm`` (the last update's gradient; for SAC's critic, taken at its optimizer step, as
+    SAC's actor loss then adds its own gradient through the critic), ``{method}/{network}/{site}/replaced``
+    (cumulative units replaced by CBP or ReDo), ``cbp/{network}/{site}/mean_age`` and, in TensorBoard only,
     ``cbp/{network}/{site}/utility``.
 
     :param log_every: off-policy only: environment steps (``num_timesteps``) between two probes.
@@ -69,6 +71,7 @@ class UnitHealthCallback(BaseCallback):
         self.rank_every = rank_every
         self._last_probe: int | None = None
         self._last_ranks: int | None = None
+        self._critic_hook: torch.utils.hooks.RemovableHandle | None = None
 
     def _init_callback(self) -> None:
         policy = self.model.policy
@@ -76,6 +79,23 @@ class UnitHealthCallback(BaseCallback):
         self._heads = policy_heads(policy)
         self._parameters = network_parameters(policy)
         self._off_policy = isinstance(self.model, OffPolicyAlgorithm)
+        self._critic_grad_norm: float | None = None
+        if self._critic_hook is not None:
+            self._critic_hook.remove()
+        if isinstance(policy, SACPolicy):  # SAC's actor loss then adds its gradient through the critic to the critic's
+            self._critic_hook = policy.critic.optimizer.register_step_post_hook(self._keep_critic_grad_norm)
+
+    def _keep_critic_grad_norm(self, *args: Any) -> None:
+        """At a SAC critic step right before a probe: the norm of the critic's own gradient, for ``grad_norm``."""
+        next_step = self.model.num_timesteps + self.model.n_envs
+        due = self._last_probe is None or next_step - self._last_probe >= self.log_every
+        if due and self._stored_rows() >= self._probe_rows():
+            self._critic_grad_norm = _grad_norm(self._parameters["critic"])
+
+    def _on_training_end(self) -> None:
+        if self._critic_hook is not None:
+            self._critic_hook.remove()
+            self._critic_hook = None
 
     def _on_step(self) -> bool:
         due = self._last_probe is None or self.num_timesteps - self._last_probe >= self.log_every
@@ -130,9 +150,12 @@ class UnitHealthCallback(BaseCallback):
             for name, head in heads.items():
                 scalars[f"health/{network}/{name}/weight_mag"] = weight_magnitude(head).item()
         for network, parameters in self._parameters.items():
-            grads = [p.grad for p in parameters if p.grad is not None]
-            if grads:
-                scalars[f"health/{network}/grad_norm"] = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item()
+            if self._critic_hook is not None and network == "critic":
+                norm, self._critic_grad_norm = self._critic_grad_norm, None
+            else:
+                norm = _grad_norm(parameters)
+            if norm is not None:
+                scalars[f"health/{network}/grad_norm"] = norm
         scalars |= self._cbp_scalars()
         for key, value in scalars.items():
             self.logger.record(key, value)
@@ -154,6 +177,12 @@ class UnitHealthCallback(BaseCallback):
             for site, utility in cbp.utilities().items():
                 self.logger.record(f"cbp/{site}/utility", utility.detach().cpu(), exclude=_TB_ONLY)
         return scalars
+
+
+def _grad_norm(parameters: list[torch.nn.Parameter]) -> float | None:
+    """Global L2 norm of the parameters' gradients; None before the first backward."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item() if grads else None
 
 
 class FrictionCallback(BaseCallback):

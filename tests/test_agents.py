@@ -298,6 +298,30 @@ def test_sac_probe_takes_the_newest_stored_transitions():
     assert torch.equal(actions, torch.as_tensor(model.replay_buffer.actions[newest, 0]))
 
 
+def test_sac_critic_grad_norm_is_its_own_last_update_not_the_actor_loss_added_later():
+    model = sac()
+    critic = list(model.policy.critic.parameters())
+    at_critic_steps = {}
+
+    def grad_norm():
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in critic])).item()
+
+    model.policy.critic.optimizer.register_step_post_hook(lambda *_: at_critic_steps.update({model.num_timesteps: grad_norm()}))
+
+    class Logged(UnitHealthCallback):
+        def log_health(self, observations, actions=None):
+            held = grad_norm() if critic[0].grad is not None else None  # .grad after the actor loss's backward
+            self.logged = getattr(self, "logged", []) + [(self.num_timesteps, held, super().log_health(observations, actions))]
+            return self.logged[-1][2]
+
+    callback = Logged(log_every=60, probe_size=40)
+    model.learn(110, callback=callback)
+    (_, _, before_updates), (step, held, scalars) = callback.logged
+    assert "health/critic/grad_norm" not in before_updates and "health/actor/grad_norm" not in before_updates
+    assert scalars["health/critic/grad_norm"] == pytest.approx(at_critic_steps[step - 1], rel=1e-6)
+    assert abs(held - at_critic_steps[step - 1]) > 1e-3 * held
+
+
 def test_checkpoints_keep_the_newest_and_record_the_run_state(tmp_path):
     model = ppo(n_envs=2)
     friction = FrictionCallback()

@@ -102,7 +102,8 @@ def test_interrupt_then_resume_continues_steps_and_friction_sequence(tmp_path):
 
 TINY_SAC = ["--algo", "sac", "--env", "SlipperyHopper", "--set", "algo_kwargs.learning_starts=100",
             "--set", "algo_kwargs.buffer_size=1000", "--set", "policy.net_arch=[16,16]",
-            "--set", "policy.cbp.maturity_threshold=10", "--set", "policy.cbp.replacement_rate=0.01"]
+            "--set", "policy.cbp.maturity_threshold=10", "--set", "policy.cbp.replacement_rate=0.01",
+            "--set", "logging.probe_size=50"]
 
 
 def newest_tensors(run):
@@ -295,11 +296,12 @@ def test_existing_run_dir_needs_resume_or_overwrite(tmp_path, capsys):
     assert (run / "keep.txt").exists()
 
 
-TINY_SAC = ["--algo", "sac", "--env", "SlipperyHopper", "--set", "algo_kwargs.learning_starts=100",
-            "--set", "algo_kwargs.buffer_size=1000", "--set", "policy.net_arch=[16,16]", "--set", "logging.health_every=100"]
+TINY_SAC_PROBED = ["--algo", "sac", "--env", "SlipperyHopper", "--set", "algo_kwargs.learning_starts=100",
+                   "--set", "algo_kwargs.buffer_size=1000", "--set", "policy.net_arch=[16,16]",
+                   "--set", "logging.health_every=100", "--set", "logging.probe_size=50"]
 
 
-@pytest.mark.parametrize("algo_args, steps", [(TINY_PPO, 512), (TINY_SAC, 400)], ids=["ppo", "sac"])
+@pytest.mark.parametrize("algo_args, steps", [(TINY_PPO, 512), (TINY_SAC_PROBED, 400)], ids=["ppo", "sac"])
 def test_same_seed_gives_the_same_run_and_evaluating_at_fixed_frictions_leaves_it_unchanged(tmp_path, algo_args, steps):
     every = steps // 2
     evaluation = ("--set", "logging.eval_frictions=[0.05,2.0]", "--set", f"logging.eval_every={every}",
