@@ -43,6 +43,7 @@ from agents import METHODS, UnitHealthCallback, init_policy_
 from agents.callbacks import PROBE_SIZE, RANK_EVERY
 from agents.config import ALGORITHMS, POLICIES, Config, build_config, build_model, make_env, policy_kwargs, read_yaml, set_dotted
 from cbp_rl import ContinualBackprop, SiteIntervention
+from cbp_rl.base import _Recorder
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SEED = 0
@@ -77,14 +78,15 @@ class CountingHealthCallback(UnitHealthCallback):
 
 
 class OwnTime:
-    """Seconds spent inside CBP's own code (its step, switching recording on and off) and inside the health callback,
-    by wrappers on those methods. They are measured within the same rounds as the total, so machine speed drifts
-    cancel from the share; what they cannot see is CBP's effect on the rest (keeping each recorded activation
-    until the step, caches it evicts)."""
+    """Seconds spent inside CBP's own code (its step, switching recording on and off, recording activations) and inside
+    the health callback, by wrappers on those methods. They are measured within the same rounds as the total, so
+    machine speed drifts cancel from the share; what they cannot see is CBP's effect on the rest (keeping each
+    recorded activation until the step, caches it evicts)."""
 
     TIMED = (
         (ContinualBackprop, "step", "cbp"),
         (SiteIntervention, "record_features", "cbp"),
+        (_Recorder, "record", "cbp"),
         (UnitHealthCallback, "_on_step", "health"),
         (UnitHealthCallback, "_on_rollout_end", "health"),
     )

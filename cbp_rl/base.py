@@ -33,10 +33,14 @@ class _Recorder:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         output = type(self.activation).forward(self.activation, *args, **kwargs)
         if torch.is_grad_enabled():
-            detached = output.detach()
-            for intervention, index in self.sinks.items():
-                intervention._features[index] = detached
+            self.record(output)
         return output
+
+    def record(self, output: torch.Tensor) -> None:
+        """Hand the output of a grad-enabled call, detached, to every intervention recording this module."""
+        detached = output.detach()
+        for intervention, index in self.sinks.items():
+            intervention._features[index] = detached
 
     @staticmethod
     def installed(activation: nn.Module) -> _Recorder | None:
