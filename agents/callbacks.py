@@ -82,7 +82,7 @@ class UnitHealthCallback(BaseCallback):
         self._critic_grad_norm: float | None = None
         if self._critic_hook is not None:
             self._critic_hook.remove()
-        if isinstance(policy, SACPolicy):  # SAC's actor loss then adds its gradient through the critic to the critic's
+        if isinstance(policy, SACPolicy):  # after its step, SAC's actor loss adds its own gradient to the critic's .grad
             self._critic_hook = policy.critic.optimizer.register_step_post_hook(self._keep_critic_grad_norm)
 
     def _keep_critic_grad_norm(self, *args: Any) -> None:
