@@ -87,9 +87,7 @@ class UnitHealthCallback(BaseCallback):
 
     def _keep_critic_grad_norm(self, *args: Any) -> None:
         """At a SAC critic step right before a probe: the norm of the critic's own gradient, for ``grad_norm``."""
-        next_step = self.model.num_timesteps + self.model.n_envs
-        due = self._last_probe is None or next_step - self._last_probe >= self.log_every
-        if due and self._stored_rows() >= self._probe_rows():
+        if self._probe_due(self.model.num_timesteps + self.model.n_envs):
             self._critic_grad_norm = _grad_norm(self._parameters["critic"])
 
     def _on_training_end(self) -> None:
@@ -98,12 +96,16 @@ class UnitHealthCallback(BaseCallback):
             self._critic_hook = None
 
     def _on_step(self) -> bool:
-        due = self._last_probe is None or self.num_timesteps - self._last_probe >= self.log_every
-        if self._off_policy and due and self._stored_rows() >= self._probe_rows():
+        if self._off_policy and self._probe_due(self.num_timesteps):
             self._last_probe = self.num_timesteps
             self.log_health(*self._replay_batch())
             self.logger.dump(self.num_timesteps)
         return True
+
+    def _probe_due(self, step: int) -> bool:
+        """Whether an off-policy probe runs at ``step``: ``log_every`` after the last, once a probe's worth is stored."""
+        due = self._last_probe is None or step - self._last_probe >= self.log_every
+        return due and self._stored_rows() >= self._probe_rows()
 
     def _on_rollout_end(self) -> None:
         if not self._off_policy:

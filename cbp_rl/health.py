@@ -105,7 +105,7 @@ def site_health(
     :param ranks: also the rank metrics (``effective_rank``, ``stable_rank``, ``stable_rank_pct``); their float64 Gram
         matrix and its eigenvalues take about three quarters of a probe's time.
     """
-    members = _by_member(features.detach(), site)
+    members = _member_features(features.detach(), site)
     sigmas = [None] * len(members) if sigma is None else sigma.reshape(len(members), -1)
     measured = [_member_health(h, member_sigma, ranks) for h, member_sigma in zip(members, sigmas)]
     if len(measured) == 1:
@@ -118,7 +118,7 @@ def site_health(
     return metrics
 
 
-def _by_member(features: torch.Tensor, site: Site) -> torch.Tensor:
+def _member_features(features: torch.Tensor, site: Site) -> torch.Tensor:
     """A site's features as ``[members, batch, units]`` (members 1 for ``nn.Linear``: every leading dim is batch)."""
     return features.reshape(site.members, -1, features.shape[-1])
 
@@ -180,7 +180,7 @@ def probe(
     missing = set(sites) - set(captured)
     if missing:
         raise RuntimeError(f"the probe forward did not pass through sites {sorted(missing)}")
-    features = {name: _by_member(captured[name], site).squeeze(0) for name, site in sites.items()}
+    features = {name: _member_features(captured[name], site).squeeze(0) for name, site in sites.items()}
     sigma = _stacked_singular_values(features) if ranks else {}
     tags, values = [], []
     for name, site in sites.items():
