@@ -56,3 +56,37 @@ def test_williams_orders_balance_slots_and_predecessors(n, monkeypatch):
     pairs = [(a, b) for order in orders for a, b in zip(order, order[1:])]
     assert sorted(set(pairs)) == [(a, b) for a in range(n) for b in range(n) if a != b]
     assert len(pairs) == len(orders) // n * n * (n - 1)
+
+
+def test_cbp_switch_runs_cbp_in_its_on_blocks_only(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from cbp_switch import SwitchCBP
+    from stable_baselines3 import SAC
+
+    import envs  # noqa: F401  (registers SlipperyHopper-v0)
+    from agents import CBPSACPolicy
+    from cbp_rl import ContinualBackprop
+
+    kwargs = dict(net_arch=[16, 16], cbp=dict(maturity_threshold=1, replacement_rate=0.05))
+    model = SAC(CBPSACPolicy, "SlipperyHopper-v0", learning_starts=10, buffer_size=500, batch_size=32, seed=0, policy_kwargs=kwargs)
+    model.learn(20)
+    switch, steps = SwitchCBP(block=3), []
+
+    def step(module):
+        steps.append(switch._cbp_on(switch.rollouts - 1))
+        original(module)
+
+    original = ContinualBackprop.step
+    monkeypatch.setattr(ContinualBackprop, "step", step)
+    replaced = sum(sum(module.replacements().values()) for module in model.policy.cbp.values())
+    model.learn(2 * 2 * 3 + 1, callback=switch, reset_num_timesteps=False)  # two pairs, then the rollout that times the last
+    assert steps == [True] * 2 * 7  # actor and critic, in the 3 + 3 rollouts of the on blocks and the last one
+    assert [len(switch.seconds[on]) for on in (True, False)] == [2, 2] and min(switch.seconds[True] + switch.seconds[False]) > 0
+    assert sum(sum(module.replacements().values()) for module in model.policy.cbp.values()) > replaced
+
+
+def test_cbp_switch_prints_the_ratio_with_its_interval():
+    out = run("cbp_switch.py", "--pairs", "2", "--block", "2", "--threads", "1")
+    ratio, interval = out.split("steps/s with CBP over without: ")[1].split(" (95% bootstrap interval over pairs ")
+    low, high = map(float, interval.rstrip(")\n").split("-"))
+    assert low <= float(ratio) <= high and "2 rollouts timed per side" in out
