@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     write_run_files(run_dir, config, checkpoint)
-    model.set_logger(tensorboard_logger(run_dir, checkpoint.steps if checkpoint else None))
+    resumed = (checkpoint.steps, checkpoint.load_run_state().get("pending_records")) if checkpoint else (None, None)
+    model.set_logger(tensorboard_logger(run_dir, *resumed))
     remaining = config.total_steps - model.num_timesteps
     print(f"{config.algo.upper()} {config.method} on {config.env.id}, seed {config.seed}: {remaining} steps -> {run_dir}")
     stop.install()
@@ -114,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"the run already has {model.num_timesteps} of {config.total_steps} steps: nothing to do")
         return 0
     model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=checkpoint is None)
+    if not stop.stopped and saver.last_saved_step != model.num_timesteps:
+        saver.save_checkpoint()
     model.logger.dump_pending(model.num_timesteps)
     if stop.stopped:
         print(f"stopped by signal {stop.signal_number} at step {saver.last_saved_step}; continue with --resume {run_dir}")
         return 128 + stop.signal_number
-    if saver.last_saved_step != model.num_timesteps:
-        saver.save_checkpoint()
     return 0
 
 

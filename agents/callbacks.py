@@ -72,6 +72,8 @@ class UnitHealthCallback(BaseCallback):
         self._last_probe: int | None = None
         self._last_ranks: int | None = None
         self._critic_hook: torch.utils.hooks.RemovableHandle | None = None
+        self._saved_grad_norms: dict[str, float | None] = {}
+        self._parameters: dict[str, list[torch.nn.Parameter]] = {}  # per network, from the model at the first learn()
 
     def _init_callback(self) -> None:
         policy = self.model.policy
@@ -113,11 +115,14 @@ class UnitHealthCallback(BaseCallback):
             self.log_health(self._as_tensor(observations.reshape(-1, *observations.shape[2:])))
 
     def state_dict(self) -> dict[str, Any]:
-        """The probe cadence, so that a resumed run probes (and ranks) at the steps the uninterrupted run would."""
-        return {"last_probe": self._last_probe, "last_ranks": self._last_ranks}
+        """The probe cadence, so that a resumed run probes (and ranks) at the steps the uninterrupted run would, and
+        the last update's gradient norms, which a resumed run's first probe logs if no update of its own came before
+        (checkpoints hold no gradients)."""
+        return {"last_probe": self._last_probe, "last_ranks": self._last_ranks, "grad_norms": self._grad_norms()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._last_probe, self._last_ranks = state["last_probe"], state["last_ranks"]
+        self._saved_grad_norms = state.get("grad_norms", {})
 
     def _as_tensor(self, array: np.ndarray) -> torch.Tensor:
         return obs_as_tensor(array[evenly_spaced(len(array), self.probe_size)], self.model.device)
@@ -151,17 +156,24 @@ class UnitHealthCallback(BaseCallback):
         for network, heads in self._heads.items():
             for name, head in heads.items():
                 scalars[f"health/{network}/{name}/weight_mag"] = weight_magnitude(head).item()
-        for network, parameters in self._parameters.items():
-            if self._critic_hook is not None and network == "critic":
-                norm, self._critic_grad_norm = self._critic_grad_norm, None
-            else:
-                norm = _grad_norm(parameters)
+        saved, self._saved_grad_norms = self._saved_grad_norms, {}
+        for network, norm in self._grad_norms().items():
+            norm = saved.get(network) if norm is None else norm
             if norm is not None:
                 scalars[f"health/{network}/grad_norm"] = norm
+        self._critic_grad_norm = None
         scalars |= self._cbp_scalars()
         for key, value in scalars.items():
             self.logger.record(key, value)
         return scalars
+
+    def _grad_norms(self) -> dict[str, float | None]:
+        """The norm of each network's gradient of the last update (None without one); while SAC learns, its critic's
+        as kept at its optimizer step."""
+        norms = {network: _grad_norm(parameters) for network, parameters in self._parameters.items()}
+        if self._critic_hook is not None:
+            norms["critic"] = self._critic_grad_norm
+        return norms
 
     def _cbp_scalars(self) -> dict[str, float]:
         scalars = {}

@@ -20,6 +20,7 @@ import torch
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import CheckpointCallback
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -151,6 +152,33 @@ def restore_random_states(model: BaseAlgorithm, states: dict[str, Any] | None) -
     model.action_space.np_random.bit_generator.state = states["action_space"]
 
 
+def pending_records(logger: Logger) -> dict[str, Any]:
+    """What SB3's ``logger`` has recorded since its last dump, as JSON values (values JSON cannot hold, such as
+    figures, are left out)."""
+    records = {}
+    for key, value in logger.name_to_value.items():
+        if isinstance(value, torch.Tensor):
+            value = {"tensor": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+        elif isinstance(value, np.generic):
+            value = value.item()
+        elif not isinstance(value, (bool, int, float, str)):
+            continue
+        records[key] = {"value": value, "count": logger.name_to_count.get(key, 0), "exclude": list(logger.name_to_excluded[key])}
+    return records
+
+
+def restore_pending_records(logger: Logger, records: dict[str, Any] | None) -> None:
+    """Record again what :func:`pending_records` found (checkpoints without them: no-op)."""
+    for key, record in (records or {}).items():
+        value = record["value"]
+        if isinstance(value, dict):
+            value = torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+        logger.name_to_value[key] = value
+        if record["count"]:
+            logger.name_to_count[key] = record["count"]
+        logger.name_to_excluded[key] = tuple(record["exclude"])
+
+
 def _encode(rng_state: torch.Tensor) -> str:
     return base64.b64encode(rng_state.numpy().tobytes()).decode()
 
@@ -164,7 +192,8 @@ class RunCheckpointCallback(CheckpointCallback):
 
     A checkpoint ``{prefix}_{steps}_steps.zip`` is complete once ``{prefix}_run_state_{steps}_steps.json``
     exists (it is written last, atomically); it holds ``num_timesteps``, the friction-schedule state of
-    every sub-env, the state of the ``stateful`` callbacks and the random streams (:func:`random_states`).
+    every sub-env, the state of the ``stateful`` callbacks, the random streams (:func:`random_states`) and what
+    the logger has recorded but not yet written (:func:`pending_records`).
     Checkpoints are taken where a rollout starts (PPO: after the update; SAC: after the updates of its ``train_freq``
     steps) or where training ends, so nothing half-collected is lost: with envs wrapped in `ResumableEnv`, whose
     running episodes are saved in ``{prefix}_env_state_{steps}_steps.pkl``, a resumed run continues exactly as this
@@ -236,11 +265,13 @@ class RunCheckpointCallback(CheckpointCallback):
         episodes = env_states(self.model.get_env())
         if episodes is not None:
             Path(self._checkpoint_path("env_state_", extension="pkl")).write_bytes(pickle.dumps(episodes))
+        logger = getattr(self.model, "logger", None)  # SB3 makes it at the model's first learn()
         state = {
             "num_timesteps": steps,
             "schedule_states": schedule_states(self.model.get_env()),
             "callbacks": {name: callback.state_dict() for name, callback in self.stateful.items()},
             "random_states": random_states(self.model),
+            "pending_records": pending_records(logger) if logger is not None else {},
         }
         state_path = Path(self._checkpoint_path("run_state_", extension="json"))
         temporary = state_path.with_suffix(".tmp")

@@ -28,6 +28,7 @@ from .checkpoints import (
     RunCheckpointCallback,
     list_checkpoints,
     restore_env_states,
+    restore_pending_records,
     restore_random_states,
     restore_schedule_states,
 )
@@ -107,11 +108,23 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-class RunLogger(Logger):
-    """SB3's ``Logger`` that remembers the step of its last dump."""
+PENDING_EVENTS = ".pending"  # suffix of the events file that takes what a run leaves unwritten when it stops
 
-    def __init__(self, folder: str | None, output_formats: list[Any]):
-        super().__init__(folder, output_formats)
+
+class _TensorBoardEvents(TensorBoardOutputFormat):
+    """SB3's TensorBoard output on a ``SummaryWriter`` made with ``writer_kwargs`` (a purge step, a file suffix)."""
+
+    def __init__(self, folder: Path, **writer_kwargs: Any) -> None:
+        self.writer = SummaryWriter(log_dir=str(folder), **writer_kwargs)
+        self._is_closed = False
+
+
+class RunLogger(Logger):
+    """SB3's ``Logger`` writing TensorBoard events to ``events``; it remembers the step of its last dump."""
+
+    def __init__(self, events: Path, purge_step: int | None = None) -> None:
+        super().__init__(folder=str(events.parent), output_formats=[_TensorBoardEvents(events, purge_step=purge_step)])
+        self.events = events
         self.last_dump_step: int | None = None
 
     def dump(self, step: int = 0) -> None:
@@ -120,19 +133,31 @@ class RunLogger(Logger):
 
     def dump_pending(self, step: int) -> None:
         """Write what was recorded since the last dump, e.g. when ``learn()`` stopped between two of SB3's dumps,
-        unless that dump was at ``step`` (SB3's own last dump of a run that ran to its end)."""
-        if self.name_to_value and step != self.last_dump_step:
+        unless that dump was at ``step`` (SB3's own last dump of a run that ran to its end). It goes to an events
+        file of its own: a run that resumes deletes that file, as its checkpoint carries these values and it writes
+        them where an uninterrupted run would have."""
+        if not self.name_to_value or step == self.last_dump_step:
+            return
+        formats, self.output_formats = self.output_formats, [_TensorBoardEvents(self.events, filename_suffix=PENDING_EVENTS)]
+        try:
             self.dump(step)
+        finally:
+            self.output_formats[0].close()
+            self.output_formats = formats
 
 
-def tensorboard_logger(run_dir: Path, resume_step: int | None) -> RunLogger:
-    """SB3 logger writing TensorBoard events to ``run_dir/tb``; a resumed run purges the events logged after the step
-    of its checkpoint (those at that step stay: the resumed run logs from a later step on)."""
-    output = TensorBoardOutputFormat(str(run_dir / "tb"))
-    if resume_step is not None:
-        output.writer.close()
-        output.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=resume_step + 1)
-    return RunLogger(folder=str(run_dir), output_formats=[output])
+def tensorboard_logger(run_dir: Path, resume_step: int | None, pending: dict[str, Any] | None = None) -> RunLogger:
+    """SB3 logger writing TensorBoard events to ``run_dir/tb``. A resumed run purges the events logged after the step
+    of its checkpoint (those at that step stay: the resumed run logs from a later step on), deletes what the stopped
+    run wrote when it stopped (see `RunLogger.dump_pending`) and starts with the checkpoint's ``pending`` records."""
+    events = run_dir / "tb"
+    if resume_step is None:
+        return RunLogger(events)
+    for path in events.glob(f"*{PENDING_EVENTS}"):
+        path.unlink()
+    logger = RunLogger(events, purge_step=resume_step + 1)
+    restore_pending_records(logger, pending)
+    return logger
 
 
 def make_callbacks(config: Config, run_dir: Path) -> tuple[CallbackList, RunCheckpointCallback, StopOnSignal]:

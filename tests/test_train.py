@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -19,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 import train
 from agents import list_checkpoints
+from agents.checkpoints import pending_records
 from agents.config import build_config, read_yaml, set_dotted
 from agents.run import tensorboard_logger
 from envs import FrictionSchedule
@@ -145,11 +147,12 @@ def test_a_resumed_run_continues_exactly_as_the_uninterrupted_run(tmp_path, algo
         assert resumed_steps == steps and len(resumed) == len(expected)
         assert all(torch.equal(a, b) for a, b in zip(expected, resumed)) == exact, run.name
 
-    def health(run):  # grad_norm aside: a resumed model has no gradients until its first update
-        return {tag: v for tag, v in scalars(run).items() if tag.startswith(("health/", "cbp/")) and "grad_norm" not in tag}
+    def logged(run):  # wall-clock times aside
+        return {tag: v for tag, v in scalars(run).items() if not tag.startswith("time/")}
 
-    logged = health(whole)
-    assert health(halves) == logged and len(logged["health/actor/l1/effective_rank"]) == 1
+    expected = logged(whole)
+    assert logged(halves) == expected and len(expected["health/actor/l1/effective_rank"]) == 1
+    assert {"env/friction", *(("train/loss", "health/critic/grad_norm") if algo == "ppo" else ("train/critic_loss",))} <= set(expected)
 
 
 def test_a_resumed_logger_purges_only_the_steps_after_the_checkpoint(tmp_path):
@@ -165,6 +168,31 @@ def test_a_resumed_logger_purges_only_the_steps_after_the_checkpoint(tmp_path):
     logger.close()
 
     assert scalars(tmp_path)["rollout/ep_rew_mean"] == [(2, 2.0), (4, 4.0), (5, 100.0)]
+
+
+def test_a_resumed_logger_writes_the_checkpoints_pending_records_in_place_of_what_the_stop_wrote(tmp_path):
+    logger = tensorboard_logger(tmp_path, resume_step=None)
+    logger.record("env/friction", 0.5)
+    logger.dump(step=4)
+    logger.record_mean("train/loss", 1.0)
+    logger.record_mean("train/loss", 2.0)
+    logger.record("cbp/utility", torch.tensor([0.25, 0.5]), exclude=("stdout", "log"))
+    logger.record("rollout/ep_rew_mean", np.float64(7.5))
+    checkpointed = json.loads(json.dumps(pending_records(logger)))  # as the run state stores them
+    logger.dump_pending(6)
+    logger.close()
+    assert scalars(tmp_path)["train/loss"] == [(6, 1.5)]
+
+    resumed = tensorboard_logger(tmp_path, resume_step=4, pending=checkpointed)
+    assert not list((tmp_path / "tb").glob("*.pending"))
+    assert resumed.name_to_count["train/loss"] == 2 and resumed.name_to_excluded["cbp/utility"] == ("stdout", "log")
+    assert torch.equal(resumed.name_to_value["cbp/utility"], torch.tensor([0.25, 0.5]))
+    resumed.record_mean("train/loss", 4.5)
+    resumed.dump(step=8)
+    resumed.close()
+    logged = scalars(tmp_path)
+    assert logged["train/loss"] == [(8, 2.5)] and logged["rollout/ep_rew_mean"] == [(8, 7.5)]
+    assert logged["env/friction"] == [(4, 0.5)]
 
 
 def test_values_recorded_after_the_last_dump_are_written_at_the_stop_step(tmp_path):
