@@ -106,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.overwrite and run_dir.exists():
         shutil.rmtree(run_dir)
     write_run_files(run_dir, config, checkpoint)
-    resumed = (checkpoint.steps, checkpoint.load_run_state().get("pending_records")) if checkpoint else (None, None)
-    model.set_logger(tensorboard_logger(run_dir, *resumed))
     remaining = config.total_steps - model.num_timesteps
     print(f"{config.algo.upper()} {config.method} on {config.env.id}, seed {config.seed}: {remaining} steps -> {run_dir}")
-    stop.install()
     if remaining <= 0:
         print(f"the run already has {model.num_timesteps} of {config.total_steps} steps: nothing to do")
         return 0
+    resumed = (checkpoint.steps, checkpoint.load_run_state().get("pending_records")) if checkpoint else (None, None)
+    model.set_logger(tensorboard_logger(run_dir, *resumed))
+    stop.install()
     model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=checkpoint is None)
     if not stop.stopped and saver.last_saved_step != model.num_timesteps:
         saver.save_checkpoint()

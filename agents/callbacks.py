@@ -74,6 +74,7 @@ class UnitHealthCallback(BaseCallback):
         self._critic_hook: torch.utils.hooks.RemovableHandle | None = None
         self._saved_grad_norms: dict[str, float | None] = {}
         self._parameters: dict[str, list[torch.nn.Parameter]] = {}  # per network, from the model at the first learn()
+        self._keeps_critic_norm = False
 
     def _init_callback(self) -> None:
         policy = self.model.policy
@@ -84,7 +85,8 @@ class UnitHealthCallback(BaseCallback):
         self._critic_grad_norm: float | None = None
         if self._critic_hook is not None:
             self._critic_hook.remove()
-        if isinstance(policy, SACPolicy):  # after its step, SAC's actor loss adds its own gradient to the critic's .grad
+        self._keeps_critic_norm = isinstance(policy, SACPolicy)
+        if self._keeps_critic_norm:  # after its step, SAC's actor loss adds its own gradient to the critic's .grad
             self._critic_hook = policy.critic.optimizer.register_step_post_hook(self._keep_critic_grad_norm)
 
     def _keep_critic_grad_norm(self, *args: Any) -> None:
@@ -168,10 +170,10 @@ class UnitHealthCallback(BaseCallback):
         return scalars
 
     def _grad_norms(self) -> dict[str, float | None]:
-        """The norm of each network's gradient of the last update (None without one); while SAC learns, its critic's
-        as kept at its optimizer step."""
+        """The norm of each network's gradient of the last update (None without one); SAC's critic's as kept at its
+        last optimizer step before a probe (None if none is due)."""
         norms = {network: _grad_norm(parameters) for network, parameters in self._parameters.items()}
-        if self._critic_hook is not None:
+        if self._keeps_critic_norm:
             norms["critic"] = self._critic_grad_norm
         return norms
 

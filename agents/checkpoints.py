@@ -159,11 +159,16 @@ def pending_records(logger: Logger) -> dict[str, Any]:
     for key, value in logger.name_to_value.items():
         if isinstance(value, torch.Tensor):
             value = {"tensor": value.tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+        elif isinstance(value, np.ndarray):
+            value = {"array": value.tolist(), "dtype": str(value.dtype)}
         elif isinstance(value, np.generic):
             value = value.item()
-        elif not isinstance(value, (bool, int, float, str)):
+        record = {"value": value, "count": logger.name_to_count.get(key, 0), "exclude": list(logger.name_to_excluded[key])}
+        try:
+            json.dumps(record)
+        except (TypeError, ValueError):
             continue
-        records[key] = {"value": value, "count": logger.name_to_count.get(key, 0), "exclude": list(logger.name_to_excluded[key])}
+        records[key] = record
     return records
 
 
@@ -171,8 +176,10 @@ def restore_pending_records(logger: Logger, records: dict[str, Any] | None) -> N
     """Record again what :func:`pending_records` found (checkpoints without them: no-op)."""
     for key, record in (records or {}).items():
         value = record["value"]
-        if isinstance(value, dict):
+        if isinstance(value, dict) and "tensor" in value:
             value = torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+        elif isinstance(value, dict):
+            value = np.array(value["array"], dtype=value["dtype"])
         logger.name_to_value[key] = value
         if record["count"]:
             logger.name_to_count[key] = record["count"]

@@ -120,23 +120,17 @@ class _TensorBoardEvents(TensorBoardOutputFormat):
 
 
 class RunLogger(Logger):
-    """SB3's ``Logger`` writing TensorBoard events to ``events``; it remembers the step of its last dump."""
+    """SB3's ``Logger`` writing TensorBoard events to ``events``."""
 
     def __init__(self, events: Path, purge_step: int | None = None) -> None:
         super().__init__(folder=str(events.parent), output_formats=[_TensorBoardEvents(events, purge_step=purge_step)])
         self.events = events
-        self.last_dump_step: int | None = None
-
-    def dump(self, step: int = 0) -> None:
-        super().dump(step)
-        self.last_dump_step = step
 
     def dump_pending(self, step: int) -> None:
-        """Write what was recorded since the last dump, e.g. when ``learn()`` stopped between two of SB3's dumps,
-        unless that dump was at ``step`` (SB3's own last dump of a run that ran to its end). It goes to an events
-        file of its own: a run that resumes deletes that file, as its checkpoint carries these values and it writes
-        them where an uninterrupted run would have."""
-        if not self.name_to_value or step == self.last_dump_step:
+        """Write what was recorded since the last dump at ``step``, e.g. when ``learn()`` ended between two of SB3's
+        dumps, to an events file of its own: a run that resumes deletes that file, as its checkpoint carries these
+        values and it writes them where an uninterrupted run would have."""
+        if not self.name_to_value:
             return
         formats, self.output_formats = self.output_formats, [_TensorBoardEvents(self.events, filename_suffix=PENDING_EVENTS)]
         try:

@@ -117,7 +117,7 @@ def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
     model = build(args.algo, True, args.maturity)
-    steps_per_rollout = model.n_steps if args.algo == "ppo" else model.train_freq.frequency
+    steps_per_rollout = (model.n_steps if args.algo == "ppo" else model.train_freq.frequency) * model.n_envs
     model.learn(steps_per_rollout if args.algo == "ppo" else SAC_LEARNING_STARTS + SAC_WARMUP_UPDATES)
     switch = SwitchCBP(args.block)
     replaced = replacements(model.policy)

@@ -85,6 +85,21 @@ def test_cbp_switch_runs_cbp_in_its_on_blocks_only(monkeypatch):
     assert sum(sum(module.replacements().values()) for module in model.policy.cbp.values()) > replaced
 
 
+def test_cbp_switch_times_each_rollout_for_its_side_but_not_the_first_after_a_switch(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import cbp_switch
+
+    switch, switched, clock = cbp_switch.SwitchCBP(block=3), [], [0.0]
+    monkeypatch.setattr(switch, "_switch", switched.append)
+    monkeypatch.setattr(cbp_switch.time, "perf_counter", lambda: clock[0])
+    for rollout in range(2 * 2 * 3 + 1):
+        switch._on_rollout_start()
+        first = rollout % 3 == 0
+        clock[0] += (100.0 if first else 1.0) * (10.0 if switch._cbp_on(rollout) else 1.0)
+    assert switched == [True, False, False, True, True]  # pairs on-off, off-on, then the rollout timing the last
+    assert switch.seconds == {True: [20.0, 20.0], False: [2.0, 2.0]}
+
+
 def test_cbp_switch_prints_the_ratio_with_its_interval():
     out = run("cbp_switch.py", "--pairs", "2", "--block", "2", "--threads", "1")
     ratio, interval = out.split("steps/s with CBP over without: ")[1].split(" (95% bootstrap interval over pairs ")

@@ -123,7 +123,9 @@ def newest_tensors(run):
     return checkpoint.steps, list(leaves([parameters, variables]))
 
 
-@pytest.mark.parametrize("algo, tiny, total", [("ppo", TINY_PPO, 1024), ("sac", TINY_SAC, 300)])
+@pytest.mark.parametrize(
+    "algo, tiny, total", [("ppo", TINY_PPO, 1024), ("sac", [*TINY_SAC, "--set", "logging.health_every=100"], 300)]
+)
 def test_a_resumed_run_continues_exactly_as_the_uninterrupted_run(tmp_path, algo, tiny, total):
     whole, halves = tmp_path / "whole", tmp_path / "halves"
     half = total // 2
@@ -152,7 +154,22 @@ def test_a_resumed_run_continues_exactly_as_the_uninterrupted_run(tmp_path, algo
 
     expected = logged(whole)
     assert logged(halves) == expected and len(expected["health/actor/l1/effective_rank"]) == 1
-    assert {"env/friction", *(("train/loss", "health/critic/grad_norm") if algo == "ppo" else ("train/critic_loss",))} <= set(expected)
+    # the first dump and probe after the split (PPO 768, SAC 151) write the checkpoint's unwritten records and its
+    # gradient norms: the resumed model has taken no update by then
+    after_split = 3 * total // 4 if algo == "ppo" else total // 2 + 1
+    for tag in ("health/actor/grad_norm", "health/critic/grad_norm", "train/loss" if algo == "ppo" else "train/critic_loss"):
+        assert after_split in dict(expected[tag]), tag
+
+
+def test_resuming_a_finished_run_without_more_steps_changes_nothing(tmp_path):
+    run = tmp_path / "run"
+    assert run_train(*TINY_SAC, "--seed", 2, "--total-steps", 150, "--run-dir", run).returncode == 0
+    before, pending = scalars(run), list((run / "tb").glob("*.pending"))
+    assert pending and before["train/critic_loss"][-1][0] == 150  # the values held at the end, at the last step
+
+    result = run_train("--resume", run, "--total-steps", 150)
+    assert result.returncode == 0 and "nothing to do" in result.stdout, result.stderr
+    assert scalars(run) == before and list((run / "tb").glob("*.pending")) == pending
 
 
 def test_a_resumed_logger_purges_only_the_steps_after_the_checkpoint(tmp_path):
@@ -177,8 +194,11 @@ def test_a_resumed_logger_writes_the_checkpoints_pending_records_in_place_of_wha
     logger.record_mean("train/loss", 1.0)
     logger.record_mean("train/loss", 2.0)
     logger.record("cbp/utility", torch.tensor([0.25, 0.5]), exclude=("stdout", "log"))
-    logger.record("rollout/ep_rew_mean", np.float64(7.5))
+    logger.record("rollout/ep_rew_mean", np.float32(7.5))
+    logger.record("rollout/lengths", np.array([3, 4]))
+    logger.record("custom/figure", object())  # JSON cannot hold it: left out
     checkpointed = json.loads(json.dumps(pending_records(logger)))  # as the run state stores them
+    del logger.name_to_value["custom/figure"], logger.name_to_excluded["custom/figure"]  # TensorBoard cannot write it
     logger.dump_pending(6)
     logger.close()
     assert scalars(tmp_path)["train/loss"] == [(6, 1.5)]
@@ -186,7 +206,8 @@ def test_a_resumed_logger_writes_the_checkpoints_pending_records_in_place_of_wha
     resumed = tensorboard_logger(tmp_path, resume_step=4, pending=checkpointed)
     assert not list((tmp_path / "tb").glob("*.pending"))
     assert resumed.name_to_count["train/loss"] == 2 and resumed.name_to_excluded["cbp/utility"] == ("stdout", "log")
-    assert torch.equal(resumed.name_to_value["cbp/utility"], torch.tensor([0.25, 0.5]))
+    assert torch.equal(resumed.name_to_value["cbp/utility"], torch.tensor([0.25, 0.5])) and "custom/figure" not in resumed.name_to_value
+    assert np.array_equal(resumed.name_to_value["rollout/lengths"], np.array([3, 4]))
     resumed.record_mean("train/loss", 4.5)
     resumed.dump(step=8)
     resumed.close()
@@ -200,12 +221,14 @@ def test_values_recorded_after_the_last_dump_are_written_at_the_stop_step(tmp_pa
     logger.record("env/segment_return", 1.0)
     logger.dump(step=4)
     logger.record("train/loss", 2.0)
-    logger.dump_pending(4)  # a run that ended at SB3's own last dump: as SB3 leaves it
+    logger.dump_pending(4)  # a run that ended right after SB3's own last dump, at its update
+    logger.dump_pending(5)  # nothing left: no events file
     logger.record("env/segment_return", 3.0)
     logger.dump_pending(6)  # a run stopped between two dumps
     logger.close()
 
-    assert scalars(tmp_path) == {"env/segment_return": [(4, 1.0), (6, 3.0)], "train/loss": [(6, 2.0)]}
+    assert scalars(tmp_path) == {"env/segment_return": [(4, 1.0), (6, 3.0)], "train/loss": [(4, 2.0)]}
+    assert len(list((tmp_path / "tb").glob("*.pending"))) == 2
 
 
 def test_resume_refuses_a_corrupt_checkpoint(tmp_path):
