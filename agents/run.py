@@ -108,7 +108,7 @@ def _git_commit() -> str | None:
     return commit + ("-dirty" if dirty else "")
 
 
-PENDING_EVENTS = ".pending"  # suffix of the events file that takes what a run leaves unwritten when it stops
+PENDING_EVENTS = ".pending"  # suffix of the events file that takes what a run leaves unwritten when it ends or stops
 
 
 class _TensorBoardEvents(TensorBoardOutputFormat):
@@ -142,8 +142,8 @@ class RunLogger(Logger):
 
 def tensorboard_logger(run_dir: Path, resume_step: int | None, pending: dict[str, Any] | None = None) -> RunLogger:
     """SB3 logger writing TensorBoard events to ``run_dir/tb``. A resumed run purges the events logged after the step
-    of its checkpoint (those at that step stay: the resumed run logs from a later step on), deletes what the stopped
-    run wrote when it stopped (see `RunLogger.dump_pending`) and starts with the checkpoint's ``pending`` records."""
+    of its checkpoint (those at that step stay: the resumed run logs from a later step on), deletes what the run
+    before it wrote when it ended or stopped (see `RunLogger.dump_pending`) and starts with the checkpoint's ``pending`` records."""
     events = run_dir / "tb"
     if resume_step is None:
         return RunLogger(events)
