@@ -121,14 +121,27 @@ class Variant:
     seconds: float = 0.0
 
     def replacements(self) -> int:
-        cbp = getattr(self.model.policy, "cbp", None) or {}
-        return sum(sum(module.replacements().values()) for module in cbp.values())
+        return replacements(self.model.policy)
 
     def share(self, part: str) -> float:
         return self.own_seconds[part] / self.seconds
 
     def probes(self) -> str:
         return f"{self.callback.probes} ({self.callback.rank_probes} with ranks)" if self.callback is not None else "0"
+
+
+def replacements(policy: torch.nn.Module) -> int:
+    """Units CBP has replaced in the policy so far (0 without CBP)."""
+    cbp = getattr(policy, "cbp", None) or {}
+    return sum(sum(module.replacements().values()) for module in cbp.values())
+
+
+def machine(threads: int) -> str:
+    """The line that says where a benchmark ran."""
+    return (
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
+        f"threads {threads}, SB3 {stable_baselines3.__version__}"
+    )
 
 
 def build(algo: str, with_cbp: bool, maturity: int) -> BaseAlgorithm:
@@ -284,11 +297,7 @@ def main() -> None:
         results[algo] = run(algo, args.rounds, steps, args.maturity, args.probe_size, args.rank_every, own)
         print(f"[{algo}: {args.rounds} rounds x {steps} steps x 4 variants in {time.perf_counter() - start:.0f} s]")
 
-    machine = platform.processor() or platform.machine()
-    print(
-        f"machine: {machine}, {os.cpu_count()} cpus, torch {torch.__version__}, threads {args.threads}, "
-        f"SB3 {stable_baselines3.__version__}"
-    )
+    print(machine(args.threads))
     print(
         f"configs/{{ppo,sac}}/cbp.yaml (SlipperyAnt-v0, n_envs 1), seed {SEED}; CBP replacement_rate 1e-4, decay 0.99, maturity_threshold {args.maturity}"
         f"{' (paper: 10000)' if args.maturity != 10000 else ' (paper)'}; {args.rounds} rounds, PPO {args.ppo_steps} / "

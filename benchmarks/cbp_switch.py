@@ -17,17 +17,13 @@ Usage: python benchmarks/cbp_switch.py [--algo sac|ppo] [--pairs N] [--block N] 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import random
 import statistics
 import time
 
-import stable_baselines3
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agent_overhead import SAC_LEARNING_STARTS, SAC_WARMUP_UPDATES, build, cbp_config
+from agent_overhead import SAC_LEARNING_STARTS, SAC_WARMUP_UPDATES, build, cbp_config, machine, ratio_of_totals, replacements
 
 DEFAULTS = {"sac": {"pairs": 600, "block": 4}, "ppo": {"pairs": 24, "block": 2}}
 
@@ -82,20 +78,6 @@ class SwitchCBP(BaseCallback):
         policy._plasticity_modules = []
 
 
-def replacements(policy: torch.nn.Module) -> int:
-    return sum(sum(module.replacements().values()) for module in policy.cbp.values())
-
-
-def ratio_interval(on: list[float], off: list[float], resamples: int = 2000) -> tuple[float, float, float]:
-    """Total time off over total time on, with a 95% percentile bootstrap interval over the pairs of blocks."""
-    rng = random.Random(0)
-    pairs = list(zip(on, off))
-    estimates = sorted(
-        sum(b for _, b in sample) / sum(a for a, _ in sample) for sample in (rng.choices(pairs, k=len(pairs)) for _ in range(resamples))
-    )
-    return sum(off) / sum(on), estimates[int(0.025 * resamples)], estimates[int(0.975 * resamples) - 1]
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--algo", choices=("sac", "ppo"), default="sac", help="which algorithm to time")
@@ -129,17 +111,14 @@ def main() -> None:
     on, off = switch.seconds[True][: args.pairs], switch.seconds[False][: args.pairs]
 
     config = cbp_config(args.algo, args.maturity)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}, "
-        f"threads {args.threads}, SB3 {stable_baselines3.__version__}"
-    )
+    print(machine(args.threads))
     print(
         f"configs/{args.algo}/cbp.yaml on {config.env.id}, seed {config.seed}, CBP maturity_threshold {args.maturity}; "
         f"{args.pairs} pairs of blocks of {args.block} rollouts of {steps_per_rollout} env steps with their updates "
         f"({len(on) * (args.block - 1)} rollouts timed per side, {minutes:.1f} min); CBP replaced {replaced} units"
     )
     per_rollout = {side: statistics.mean(seconds) / (args.block - 1) for side, seconds in (("on", on), ("off", off))}
-    total, low, high = ratio_interval(on, off)
+    total, low, high = ratio_of_totals(on, off)  # time off over time on, bootstrap over pairs
     print(f"mean seconds per rollout with its update: CBP on {per_rollout['on']:.5f}, off {per_rollout['off']:.5f}")
     print(f"steps/s with CBP over without: {total:.4f} (95% bootstrap interval over pairs {low:.4f}-{high:.4f})")
 
