@@ -115,8 +115,20 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} is invalid: expected a mapping of keys to values")
+    _check_own_schedule(path, data)
     base = data.pop("base", None)
     return merge(read_yaml(path.parent / base), data) if base else data
+
+
+def _check_own_schedule(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a file that names a non-Slippery env and sets a friction schedule for it (the shipped configs' schedule
+    is dropped when another file or ``--env`` picks such an env: that is no contradiction within one file)."""
+    env = data.get("env")
+    if not (isinstance(env, dict) and "id" in env and isinstance(env.get("kwargs"), dict)):
+        return
+    scheduled = [key for key in envs.SCHEDULE_KWARGS if key in env["kwargs"]]
+    if scheduled and not is_slippery(envs.resolve_env_id(env["id"])):
+        raise ValueError(f"config file {str(path)!r} sets env.kwargs.{scheduled[0]}, which needs a Slippery* env (it sets their friction), not {env['id']!r}")
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -282,6 +282,20 @@ def test_numbers_written_like_1e_4_and_lists_for_tuple_settings_are_read_as_mean
     assert build_config(set_dotted(read_yaml(tmp_path / "run.yaml"), "algo_kwargs.buffer_size=1e6")).algo_kwargs["buffer_size"] == 10**6
 
 
+def test_a_config_file_that_sets_a_friction_schedule_for_a_non_slippery_env_is_refused(tmp_path, capsys):
+    base = "base: " + str(ROOT / "configs/ppo/cbp.yaml") + "\n"
+    (tmp_path / "hopper.yaml").write_text(base + "env: {id: Hopper-v5}\n")
+    assert build_config(read_yaml(tmp_path / "hopper.yaml")).env.kwargs == {}  # the base's schedule is dropped
+    (tmp_path / "contradiction.yaml").write_text(base + "env: {id: Hopper-v5, kwargs: {change_every: 100}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--config", str(tmp_path / "contradiction.yaml"), "--total-steps", "64", "--set", "algo_kwargs.n_steps=64",
+                    "--set", "algo_kwargs.batch_size=32", "--run-dir", str(tmp_path / "run")])
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1
+    assert "contradiction.yaml' sets env.kwargs.change_every, which needs a Slippery* env" in error and "'Hopper-v5'" in error
+    assert not (tmp_path / "run").exists()
+
+
 def test_any_gymnasium_env_trains_without_the_friction_protocol_of_the_configs(tmp_path):
     result = run_train("--env", "Hopper-v5", "--total-steps", 64, "--set", "algo_kwargs.n_steps=64",
                        "--set", "algo_kwargs.batch_size=32", "--run-dir", tmp_path / "run")
