@@ -124,11 +124,12 @@ def _check_own_schedule(path: Path, data: dict[str, Any]) -> None:
     """Refuse a file that names a non-Slippery env and sets a friction schedule for it (the shipped configs' schedule
     is dropped when another file or ``--env`` picks such an env: that is no contradiction within one file)."""
     env = data.get("env")
-    if not (isinstance(env, dict) and "id" in env and isinstance(env.get("kwargs"), dict)):
+    if not (isinstance(env, dict) and isinstance(env.get("id"), str) and isinstance(env.get("kwargs"), dict)):
         return
     scheduled = [key for key in envs.SCHEDULE_KWARGS if key in env["kwargs"]]
     if scheduled and not is_slippery(envs.resolve_env_id(env["id"])):
-        raise ValueError(f"config file {str(path)!r} sets env.kwargs.{scheduled[0]}, which needs a Slippery* env (it sets their friction), not {env['id']!r}")
+        raise ValueError(f"config file {str(path)!r} sets env.kwargs.{scheduled[0]}, which needs a Slippery* env "
+                         f"(it sets their friction), not {env['id']!r}")
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

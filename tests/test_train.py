@@ -294,6 +294,9 @@ def test_a_config_file_that_sets_a_friction_schedule_for_a_non_slippery_env_is_r
     assert exit_info.value.code == 2 and len(error.splitlines()) == 1
     assert "contradiction.yaml' sets env.kwargs.change_every, which needs a Slippery* env" in error and "'Hopper-v5'" in error
     assert not (tmp_path / "run").exists()
+    (tmp_path / "not_an_id.yaml").write_text(base + "env: {id: [1], kwargs: {change_every: 100}}\n")
+    with pytest.raises(ValueError, match=r"'env.id'=\[1\] is invalid: expected str"):
+        build_config(read_yaml(tmp_path / "not_an_id.yaml"))
 
 
 def test_any_gymnasium_env_trains_without_the_friction_protocol_of_the_configs(tmp_path):
