@@ -21,11 +21,16 @@ POLICY_INITS = ("orthogonal", "lecun", "kaiming", "xavier", "default")
 METHODS = tuple(PLASTICITY_METHODS)
 
 
+PAPER_RL_SETTINGS = {"cbp": {"maturity_threshold": 10_000}}
+"""Where the paper's RL runs (DESIGN §3) differ from the core classes' defaults (ContinualBackprop's maturity: 100)."""
+
+
 def resolve_settings(method: str, settings: dict[str, Any] | None, default_init: str) -> dict[str, Any] | None:
-    """Full settings of a plasticity method: the class's defaults, the policy's init scheme, then the user's values."""
+    """Full settings of a plasticity method: the class's defaults with the paper's RL ones (`PAPER_RL_SETTINGS`),
+    the policy's init scheme, then the user's values."""
     if settings is None:
         return None
-    defaults = PLASTICITY_METHODS[method].default_settings()
+    defaults = PLASTICITY_METHODS[method].default_settings() | PAPER_RL_SETTINGS.get(method, {})
     if not isinstance(settings, dict):
         raise ValueError(f"{method}={settings!r} is invalid: expected None (off) or a dict of {', '.join(defaults)}")
     unknown = sorted(set(settings) - set(defaults))
@@ -127,8 +132,8 @@ class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
     optimizer step, i.e. once per PPO minibatch.
 
     :param cbp: ContinualBackprop settings (``replacement_rate``, ``maturity_threshold``, ``decay_rate``,
-        ``init``, ``fractional``, ``reset_optimizer_state``); missing keys take ContinualBackprop's defaults and
-        ``init`` the policy's scheme. ``None`` (default): no CBP, plain backprop on the same network.
+        ``init``, ``fractional``, ``reset_optimizer_state``); missing keys take the paper's RL settings
+        (``replacement_rate=1e-4``, ``maturity_threshold=10000``, ``decay_rate=0.99``) and ``init`` the policy's scheme. ``None`` (default): no CBP, plain backprop on the same network.
     :param shrink_perturb: likewise for `cbp_rl.ShrinkPerturb` (``shrink``, ``noise_scale``); ``redo`` for
         `cbp_rl.ReDo` (``reset_period``, ``tau``, ...); ``l2_init`` for `cbp_rl.L2Init` (``strength``).
         Methods combine: each given one runs on every network.

@@ -146,6 +146,16 @@ def test_gsde_and_bad_settings_are_rejected_with_one_line():
         assert "\n" not in str(error.value)
 
 
+def test_unset_cbp_keys_take_the_papers_rl_settings_and_the_policys_init():
+    resolved = {algo: model.policy.cbp[group].settings for algo, model, group in (
+        ("ppo", ppo(cbp={}), "policy"), ("sac", sac(cbp=dict(decay_rate=0.9)), "critic"))}
+    assert resolved["ppo"] == dict(replacement_rate=1e-4, maturity_threshold=10_000, decay_rate=0.99, init="lecun",
+                                   fractional="accumulate", reset_optimizer_state=True)
+    assert resolved["sac"]["maturity_threshold"] == 10_000 and resolved["sac"]["decay_rate"] == 0.9
+    assert resolved["sac"]["init"] == "default"
+    assert ppo(cbp=dict(maturity_threshold=100)).policy.cbp["policy"].maturity_threshold == 100
+
+
 def test_loaded_model_uses_trained_settings_and_predicts_without_env(tmp_path):
     model = ppo(cbp=dict(replacement_rate=0.02, maturity_threshold=7))
     model.learn(256)
