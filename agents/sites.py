@@ -43,8 +43,9 @@ def network_parameters(policy: BasePolicy) -> dict[str, list[nn.Parameter]]:
     """The parameters each network trains, for per-network gradient norms."""
     if isinstance(policy, ActorCriticPolicy):
         extractor = policy.mlp_extractor
+        log_std = [policy.log_std] if isinstance(getattr(policy, "log_std", None), nn.Parameter) else []
         return {
-            "actor": [*extractor.policy_net.parameters(), *policy.action_net.parameters()],
+            "actor": [*extractor.policy_net.parameters(), *policy.action_net.parameters(), *log_std],
             "critic": [*extractor.value_net.parameters(), *policy.value_net.parameters()],
         }
     return {"actor": list(policy.actor.parameters()), "critic": list(policy.critic.parameters())}

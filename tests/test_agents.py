@@ -37,6 +37,7 @@ from agents import (
     list_checkpoints,
     policy_sites,
 )
+from agents.sites import network_parameters
 
 UNITS = 32
 CBP = dict(replacement_rate=0.01, maturity_threshold=10)
@@ -307,6 +308,16 @@ def test_sac_probe_takes_the_newest_stored_transitions():
     assert [batch[2] for batch in callback.batches] == [40, 100]  # the first once 40 transitions are stored
     assert torch.equal(observations, torch.as_tensor(model.replay_buffer.observations[newest, 0]))
     assert torch.equal(actions, torch.as_tensor(model.replay_buffer.actions[newest, 0]))
+
+
+def test_grad_norms_cover_every_trained_parameter_once_ppo_log_std_in_the_actor():
+    for model, trained in ((ppo(), lambda policy: policy.parameters()),
+                           (sac(), lambda policy: [*policy.actor.parameters(), *policy.critic.parameters()])):
+        networks = network_parameters(model.policy)
+        counted = [id(p) for parameters in networks.values() for p in parameters]
+        assert sorted(counted) == sorted(id(p) for p in trained(model.policy))
+    policy = ppo().policy
+    assert any(p is policy.log_std for p in network_parameters(policy)["actor"])
 
 
 def test_sac_critic_grad_norm_is_its_own_last_update_not_the_actor_loss_added_later():
