@@ -236,8 +236,8 @@ class ContinualBackprop(SiteIntervention):
     :param decay_rate: η, the decay of the utility and mean-activation running averages.
     :param init: scheme of the new input weights: ``lecun``, ``kaiming``, ``xavier`` or ``default``.
     :param fractional: ``accumulate`` carries the fractional part of ``replacement_rate × #mature`` to the
-        next step (deterministic); ``bernoulli`` rounds it up with probability equal to the fraction,
-        as the reference code does.
+        next step (deterministic); ``bernoulli``, as the reference code does, replaces one unit with probability
+        ``replacement_rate × #mature`` while that is below 1, and its whole part from 1 up.
     :param reset_optimizer_state: reset the optimizer's state of replaced rows/columns. First moments
         (``exp_avg``, momentum) are zeroed; second moments (``exp_avg_sq`` ...) are set to the mean of the
         rest of the tensor, so a new unit's first Adam updates are no larger than its neighbours'.
@@ -423,7 +423,7 @@ class ContinualBackprop(SiteIntervention):
             host.accumulator -= count
         else:
             count = np.floor(host.expected).astype(np.int64)
-            count += torch.rand(len(count)).numpy() < host.expected - count
+            count += (count == 0) & (torch.rand(len(count)).numpy() < host.expected)
         return np.minimum(count, host.mature)
 
     def _replace(self, index: int, count: np.ndarray) -> None:

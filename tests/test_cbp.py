@@ -94,6 +94,15 @@ def test_bernoulli_fraction_matches_rate_on_average():
         assert abs(count - mean) < 4 * math.sqrt(mean)
 
 
+def test_bernoulli_mode_replaces_the_whole_part_from_one_unit_up():
+    net = make_net(hidden=50)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-2)
+    cbp = ContinualBackprop.from_sequential(net, optimizer, replacement_rate=0.03, maturity_threshold=0, fractional="bernoulli")
+    for step in range(1, 101):
+        train_step(net, optimizer)  # every unit is mature at its step: 0.03 x 50 = 1.5 due, as the reference: int(1.5)
+        assert all(count == step for count in cbp.replacements().values())
+
+
 def test_zero_rate_tracks_utility_and_replaces_nothing():
     net = make_net()
     before = copy.deepcopy(net)
