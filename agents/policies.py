@@ -133,7 +133,8 @@ class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):
 
     :param cbp: ContinualBackprop settings (``replacement_rate``, ``maturity_threshold``, ``decay_rate``,
         ``init``, ``fractional``, ``reset_optimizer_state``); missing keys take the paper's RL settings
-        (``replacement_rate=1e-4``, ``maturity_threshold=10000``, ``decay_rate=0.99``) and ``init`` the policy's scheme. ``None`` (default): no CBP, plain backprop on the same network.
+        (``replacement_rate=1e-4``, ``maturity_threshold=10000``, ``decay_rate=0.99``) and ``init`` the policy's
+        scheme. ``None`` (default): no CBP, plain backprop on the same network.
     :param shrink_perturb: likewise for `cbp_rl.ShrinkPerturb` (``shrink``, ``noise_scale``); ``redo`` for
         `cbp_rl.ReDo` (``reset_period``, ``tau``, ...); ``l2_init`` for `cbp_rl.L2Init` (``strength``).
         Methods combine: each given one runs on every network.
