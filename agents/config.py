@@ -28,7 +28,7 @@ import envs
 
 from .callbacks import PROBE_SIZE, RANK_EVERY
 from .checkpoints import ResumableEnv
-from .policies import METHODS, CBPActorCriticPolicy, CBPSACPolicy
+from .policies import METHODS, CBPActorCriticPolicy, CBPSACPolicy, reinit_scheme, resolve_settings
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"ppo": PPO, "sac": SAC}
 POLICIES = {"ppo": CBPActorCriticPolicy, "sac": CBPSACPolicy}
@@ -127,7 +127,11 @@ def _check_own_schedule(path: Path, data: dict[str, Any]) -> None:
     if not (isinstance(env, dict) and isinstance(env.get("id"), str) and isinstance(env.get("kwargs"), dict)):
         return
     scheduled = [key for key in envs.SCHEDULE_KWARGS if key in env["kwargs"]]
-    if scheduled and not is_slippery(envs.resolve_env_id(env["id"])):
+    try:
+        slippery = is_slippery(envs.resolve_env_id(env["id"]))
+    except ValueError:
+        return  # an unknown id: a file that inherits this one may name another, and build_config checks the last
+    if scheduled and not slippery:
         raise ValueError(f"config file {str(path)!r} sets env.kwargs.{scheduled[0]}, which needs a Slippery* env "
                          f"(it sets their friction), not {env['id']!r}")
 
@@ -156,9 +160,12 @@ def set_dotted(data: dict[str, Any], assignment: str) -> dict[str, Any]:
 
 
 def build_config(data: dict[str, Any]) -> Config:
-    """Validate a nested dict against the schema and return the resolved config."""
+    """Validate a nested dict against the schema and return the resolved config (plasticity settings complete)."""
     config = _build(Config, data, "")
     _check_choices(config)
+    policy = config.policy
+    for method in METHODS:
+        setattr(policy, method, resolve_settings(method, getattr(policy, method), reinit_scheme(policy.init)))
     return config
 
 

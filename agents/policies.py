@@ -41,6 +41,11 @@ def resolve_settings(method: str, settings: dict[str, Any] | None, default_init:
     return defaults | settings
 
 
+def reinit_scheme(init: str) -> str:
+    """The uniform scheme of re-initialized units under a policy's ``init`` (orthogonal: the variance-matched kaiming)."""
+    return init if init != "orthogonal" else "kaiming"
+
+
 def _check_policy_kwargs(init: str, kwargs: dict[str, Any]) -> None:
     if init not in POLICY_INITS:
         raise ValueError(f"init={init!r} is invalid: expected one of {', '.join(POLICY_INITS)}")
@@ -76,8 +81,7 @@ class _PlasticityMixin:
         sites = policy_sites(self)
         if reinit_uniform:
             init_policy_(self, init)
-        default_init = init if init != "orthogonal" else "kaiming"
-        self.plasticity_settings = {method: resolve_settings(method, value, default_init) for method, value in methods.items()}
+        self.plasticity_settings = {method: resolve_settings(method, value, reinit_scheme(init)) for method, value in methods.items()}
         groups = {
             group: {f"{network}/{name}": site for network in networks for name, site in sites.get(network, {}).items()}
             for group, networks in self._network_groups(list(sites)).items()
@@ -120,7 +124,8 @@ class _PlasticityMixin:
                     module.attach(optimizer)
 
     def _plasticity_constructor_parameters(self) -> dict[str, Any]:
-        return {"init": self.init, **self.plasticity_settings}
+        live = {method: next(iter(modules.values())).settings for method, modules in self.plasticity.items() if modules}
+        return {"init": self.init, **self.plasticity_settings, **live}  # a loaded state dict's settings win
 
 
 class CBPActorCriticPolicy(_PlasticityMixin, ActorCriticPolicy):

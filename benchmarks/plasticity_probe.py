@@ -292,7 +292,7 @@ def run(
 ) -> dict:
     """Train every (method, seed) learner on its stream; returns the per-bin MSE ``[methods][seeds][bins]`` and more."""
     settings = resolve_settings(methods, []) if settings is None else settings
-    torch.manual_seed(seeds[0])  # the interventions' own randomness (CBP's Bernoulli rounding, new weights, noise)
+    torch.manual_seed(seeds[0])  # the interventions' own randomness (CBP's Bernoulli draws, new weights, noise)
     stream = SlowlyChangingRegression(seeds, change_every, variant, examples)
     learners = StackedLearners(methods, seeds, settings, step_size)
     k, s, members = len(methods), len(seeds), learners.members

@@ -157,6 +157,13 @@ def test_unset_cbp_keys_take_the_papers_rl_settings_and_the_policys_init():
     assert ppo(cbp=dict(maturity_threshold=100)).policy.cbp["policy"].maturity_threshold == 100
 
 
+def test_constructor_parameters_report_the_settings_of_a_loaded_state_dict():
+    trained, fresh = ppo(cbp=dict(maturity_threshold=7)), ppo(cbp={})
+    fresh.policy.load_state_dict(trained.policy.state_dict())
+    assert fresh.policy.cbp["policy"].maturity_threshold == 7
+    assert fresh.policy._get_constructor_parameters()["cbp"]["maturity_threshold"] == 7
+
+
 def test_loaded_model_uses_trained_settings_and_predicts_without_env(tmp_path):
     model = ppo(cbp=dict(replacement_rate=0.02, maturity_threshold=7))
     model.learn(256)

@@ -282,6 +282,17 @@ def test_numbers_written_like_1e_4_and_lists_for_tuple_settings_are_read_as_mean
     assert build_config(set_dotted(read_yaml(tmp_path / "run.yaml"), "algo_kwargs.buffer_size=1e6")).algo_kwargs["buffer_size"] == 10**6
 
 
+def test_the_recorded_config_holds_complete_plasticity_settings(tmp_path):
+    (tmp_path / "partial.yaml").write_text("base: " + str(ROOT / "configs/ppo/cbp.yaml") + "\n"
+                                           "policy: {init: orthogonal, cbp: null, redo: {tau: 0.2}}\n")
+    config = build_config(read_yaml(tmp_path / "partial.yaml"))
+    assert config.policy.cbp is None
+    assert config.policy.redo == dict(reset_period=1000, tau=0.2, init="kaiming", reset_optimizer_state=True)
+    config = build_config(set_dotted(read_yaml(ROOT / "configs/sac/std.yaml"), "policy.cbp={replacement_rate: 0.01}"))
+    assert config.policy.cbp == dict(replacement_rate=0.01, maturity_threshold=10_000, decay_rate=0.99, init="default",
+                                     fractional="accumulate", reset_optimizer_state=True)
+
+
 def test_a_config_file_that_sets_a_friction_schedule_for_a_non_slippery_env_is_refused(tmp_path, capsys):
     base = "base: " + str(ROOT / "configs/ppo/cbp.yaml") + "\n"
     (tmp_path / "hopper.yaml").write_text(base + "env: {id: Hopper-v5}\n")
@@ -294,6 +305,9 @@ def test_a_config_file_that_sets_a_friction_schedule_for_a_non_slippery_env_is_r
     assert exit_info.value.code == 2 and len(error.splitlines()) == 1
     assert "contradiction.yaml' sets env.kwargs.change_every, which needs a Slippery* env" in error and "'Hopper-v5'" in error
     assert not (tmp_path / "run").exists()
+    (tmp_path / "misspelt_base.yaml").write_text("base: " + str(ROOT / "configs/ppo/cbp.yaml") + "\nenv: {id: Hoper-v5, kwargs: {change_every: 100}}\n")
+    (tmp_path / "renamed.yaml").write_text("base: misspelt_base.yaml\nenv: {id: SlipperyHopper}\n")
+    assert build_config(read_yaml(tmp_path / "renamed.yaml")).env.kwargs["change_every"] == 100
     (tmp_path / "not_an_id.yaml").write_text(base + "env: {id: [1], kwargs: {change_every: 100}}\n")
     with pytest.raises(ValueError, match=r"'env.id'=\[1\] is invalid: expected str"):
         build_config(read_yaml(tmp_path / "not_an_id.yaml"))
