@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import kernels
 from .base import SiteIntervention, is_number
 from .init import check_init, uniform_bound
 from .sites import Site, reinitialize_units, sequential_sites
@@ -148,6 +149,7 @@ class _SiteUpdate(NamedTuple):
     sum_h: torch.Tensor
     sum_abs_h: torch.Tensor | None  # None: shared with ``sum_h`` (every site's activation is nonnegative)
     out_magnitude: torch.Tensor
+    kernel: kernels.KernelSite | None  # None: updated by torch ops
 
 
 class _FlatUnits:
@@ -174,11 +176,13 @@ class _FlatUnits:
         sum_h = self._views(self.sums if shared_sums else self.sums[1], states)
         sum_abs_h = [None] * len(states) if shared_sums else self._views(self.sums[0], states)
         out_magnitude = self._views(self.utility_factor, states)
+        fused = kernels.KernelSite.accepts(self.state)
         self.sites = []
         for site, state, *per_site in zip(sites, states, nonnegative, sum_h, sum_abs_h, out_magnitude):
             rows = sum(consumer.weight.shape[-2] for consumer in site.consumers)
             shape = site.member_shape
-            self.sites.append(_SiteUpdate(state, site.consumers, rows, len(shape) + 2, shape, *per_site))
+            kernel = kernels.KernelSite(site.consumers, site.members, site.units, per_site[0], state.utility, state.mean_activation)
+            self.sites.append(_SiteUpdate(state, site.consumers, rows, len(shape) + 2, shape, *per_site, kernel if fused else None))
         self.batch = [0] * len(states)
 
     def _views(self, row: torch.Tensor, states: list[_SiteState]) -> list[torch.Tensor]:
@@ -372,12 +376,17 @@ class ContinualBackprop(SiteIntervention):
         flat = self._flat
         if flat is None:
             flat = self._flat = _FlatUnits(self._sites, self._site_states)
-        fresh = []
+        fresh, summed, fused = [], [], []
         for i, (h, site) in enumerate(zip(features, flat.sites)):
             if h is None:
                 continue
-            features[i] = None
             fresh.append(i)
+            site.state.host.steps += 1
+            arguments = site.kernel and site.kernel.arguments(h)
+            if arguments:
+                fused += arguments
+                continue
+            summed.append(i)
             if h.dim() != site.batched_dims:
                 h = h.reshape(*site.member_shape, -1, h.shape[-1])
             if h.shape[-2] != flat.batch[i]:
@@ -393,9 +402,12 @@ class ContinualBackprop(SiteIntervention):
             else:
                 weight = torch.cat([consumer.weight.detach() for consumer in consumers], -2)
             torch.sum(weight.abs(), -2, out=site.out_magnitude)
-            site.state.host.steps += 1
-        if fresh:
-            flat.update(fresh, self.decay_rate)
+        if fused:
+            kernels.update(self.decay_rate, fused)  # before the features, which hold its memory, are let go
+        if summed:
+            flat.update(summed, self.decay_rate)
+        for i in fresh:
+            features[i] = None
         return fresh
 
     def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> ContinualBackprop:

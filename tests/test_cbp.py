@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from cbp_rl import ContinualBackprop, Site, StackedLinear, uniform_bound
+from cbp_rl import ContinualBackprop, Site, StackedLinear, kernels, uniform_bound
 from cbp_rl.cbp import _SETTLE_CHUNK, _HostCounters
 
 
@@ -116,10 +116,26 @@ def test_zero_rate_tracks_utility_and_replaces_nothing():
     assert all((age == 50).all() for age in cbp.ages().values())
 
 
-def test_utility_and_mean_activation_follow_the_formula_on_every_kind_of_site():
+@pytest.fixture(params=["kernel", "torch ops"])
+def utility_update(request, monkeypatch):
+    """Run a test with the running averages updated by the C kernel, then by torch ops; the kernel must have run."""
+    if request.param == "torch ops":
+        monkeypatch.setattr(kernels, "ENABLED", False)
+        yield
+        return
+    if not kernels.ENABLED:
+        pytest.skip("the C kernel is not built here (tests/test_kernels.py checks that it is where a compiler is)")
+    calls = []
+    update = kernels.update
+    monkeypatch.setattr(kernels, "update", lambda *args: (calls.append(args), update(*args)))
+    yield
+    assert calls, "the C kernel never ran"
+
+
+def test_utility_and_mean_activation_follow_the_formula_on_every_kind_of_site(utility_update):
     """u = η·u + (1-η)·mean_out|W_out|·mean_batch|h|, m = η·m + (1-η)·mean_batch h: a tanh site read by two heads,
     a ReLU site and a stacked site; steps where only some sites ran, batch sizes that change, a dtype conversion, and
-    a step after two forwards (the latest counts)."""
+    a step after two forwards (the latest counts). The recorded activations are referenced by CBP alone."""
     torch.manual_seed(0)
     tanh_in, heads = nn.Linear(4, 8), (nn.Linear(8, 2), nn.Linear(8, 3))
     relu_in, relu_out = nn.Linear(4, 6), nn.Linear(6, 1)
@@ -149,6 +165,7 @@ def test_utility_and_mean_activation_follow_the_formula_on_every_kind_of_site():
             out = torch.cat([c.weight.detach() for c in site.consumers], -2).abs().mean(-2)
             utility, mean = expected[name]
             expected[name] = [decay * utility + (1 - decay) * out * h.detach().abs().mean(-2), decay * mean + (1 - decay) * h.detach().mean(-2)]
+            del h
         cbp.step()
         for name in sites:
             torch.testing.assert_close(cbp.states[name].utility, expected[name][0], msg=f"{name} utility, step {step}")
