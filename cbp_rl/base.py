@@ -37,10 +37,10 @@ class _Recorder:
         return output
 
     def record(self, output: torch.Tensor) -> None:
-        """Hand the output of a grad-enabled call, detached, to every intervention recording this module."""
-        detached = output.detach()
+        """Hand the output of a grad-enabled call to every intervention recording this module (detached only where
+        read as a tensor: CBP's kernel reads its memory)."""
         for intervention, index in self.sinks.items():
-            intervention._features[index] = detached
+            intervention._features[index] = output
 
     @staticmethod
     def installed(activation: nn.Module) -> _Recorder | None:
@@ -109,6 +109,10 @@ class SiteIntervention(nn.Module):
         if not any(key.startswith(prefix) for key in state_dict):
             state_dict.update({prefix + key: value for key, value in module.state_dict().items()})
 
+    def __getstate__(self) -> dict:
+        """Pickle (and deep-copy) the recorded activations detached: they are kept as the network emitted them."""
+        return super().__getstate__() | {"_features": [None if h is None else h.detach() for h in self._features]}
+
     @property
     def sites(self) -> dict[str, Site]:
         return dict(zip(self.names, self._sites))
@@ -153,7 +157,7 @@ class SiteIntervention(nn.Module):
 
     def take_features(self) -> list[torch.Tensor | None]:
         """The activations recorded since the last call (None for sites not run with gradients since)."""
-        features = self._features[:]
+        features = [None if h is None else h.detach() for h in self._features]
         self._features[:] = [None] * len(features)
         return features
 

@@ -387,6 +387,7 @@ class ContinualBackprop(SiteIntervention):
                 fused += arguments
                 continue
             summed.append(i)
+            h = h.detach()
             if h.dim() != site.batched_dims:
                 h = h.reshape(*site.member_shape, -1, h.shape[-1])
             if h.shape[-2] != flat.batch[i]:
@@ -439,21 +440,25 @@ class ContinualBackprop(SiteIntervention):
         return np.minimum(count, host.mature)
 
     def _replace(self, index: int, count: np.ndarray) -> None:
+        """Replace each member's ``count`` mature units of lowest bias-corrected utility (chosen on the host: a few
+        hundred numbers, where each torch op would cost more than its work)."""
         site, state = self._sites[index], self._site_states[index]
         utility = state.utility.view(site.members, site.units)
         mean_activation = state.mean_activation.view(site.members, site.units)
-        age = torch.from_numpy(state.host.ages()).to(utility.device)
-        correction = 1.0 - torch.pow(self.decay_rate, age.to(utility.dtype))
-        score = torch.where(age > self.maturity_threshold, utility / correction, torch.inf)
-        lowest = torch.topk(score, int(count.max()), largest=False).indices
+        ages = state.host.ages()
+        correction = 1.0 - self.decay_rate**ages
+        score = np.where(ages > self.maturity_threshold, _host(utility) / correction, np.inf)
+        lowest = np.argsort(score, axis=1, kind="stable")
         units = [lowest[member, :n] for member, n in enumerate(count.tolist())]
-        contribution = [mean_activation[m, u] / correction[m, u] for m, u in enumerate(units)]
+        mean = _host(mean_activation) / correction
+        contribution = [torch.from_numpy(mean[member, u]).to(utility.device) for member, u in enumerate(units)]
+        indices = [torch.from_numpy(u).to(utility.device) for u in units]
         optimizer = self.optimizer if self.reset_optimizer_state else None
-        reinitialize_units(site, units, self._bounds[index], contribution, optimizer)
-        for member, unit in enumerate(units):
+        reinitialize_units(site, indices, self._bounds[index], contribution, optimizer)
+        for member, unit in enumerate(indices):
             utility[member].index_fill_(0, unit, 0.0)
             mean_activation[member].index_fill_(0, unit, 0.0)
-        state.host.record_births([u.cpu().numpy() for u in units], self.maturity_threshold, self.replacement_rate)
+        state.host.record_births(units, self.maturity_threshold, self.replacement_rate)
 
     def replacements(self) -> dict[str, int]:
         """Cumulative number of replaced units per site (summed over members)."""
@@ -472,6 +477,10 @@ class ContinualBackprop(SiteIntervention):
             age = torch.from_numpy(age).to(utility.device, utility.dtype)
             result[name] = torch.where(age > 0, utility / (1.0 - self.decay_rate**age), 0.0)
         return result
+
+
+def _host(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu", torch.float64).numpy()
 
 
 def _check_settings(replacement_rate: float, maturity_threshold: int, decay_rate: float, fractional: str) -> None:
