@@ -37,8 +37,8 @@ class _Recorder:
         return output
 
     def record(self, output: torch.Tensor) -> None:
-        """Hand the output of a grad-enabled call to every intervention recording this module (detached only where
-        read as a tensor: CBP's kernel reads its memory)."""
+        """Hand the output of a grad-enabled call to every intervention recording this module, as emitted: whoever
+        reads it as a tensor detaches it (`take_features`); CBP's C kernel reads only its memory."""
         for intervention, index in self.sinks.items():
             intervention._features[index] = output
 

@@ -158,7 +158,8 @@ class _FlatUnits:
     Row 0 of ``state`` holds the utilities, row 1 the mean activations; the sites' buffers are views of it. With
     batch size ``B`` and ``rows`` outgoing weights per unit, a step does ``state = η·state + factor·sums`` where
     ``factor = [Σ_out|W_out|·(1-η)/(rows·B); (1-η)/B]`` and ``sums = [Σ_batch|h|; Σ_batch h]`` (a single row,
-    broadcast, when every site's activation is nonnegative).
+    broadcast, when every site's activation is nonnegative). Where the C kernel is built, it updates the views of
+    the sites whose tensors it can read in one pass each instead (`kernels.KernelSite`).
     """
 
     def __init__(self, sites: list[Site], states: list[_SiteState]) -> None:
@@ -178,11 +179,12 @@ class _FlatUnits:
         out_magnitude = self._views(self.utility_factor, states)
         fused = kernels.KernelSite.accepts(self.state)
         self.sites = []
-        for site, state, *per_site in zip(sites, states, nonnegative, sum_h, sum_abs_h, out_magnitude):
+        for site, state, positive, *sums in zip(sites, states, nonnegative, sum_h, sum_abs_h, out_magnitude):
             rows = sum(consumer.weight.shape[-2] for consumer in site.consumers)
             shape = site.member_shape
-            kernel = kernels.KernelSite(site.consumers, site.members, site.units, per_site[0], state.utility, state.mean_activation)
-            self.sites.append(_SiteUpdate(state, site.consumers, rows, len(shape) + 2, shape, *per_site, kernel if fused else None))
+            averages = (state.utility, state.mean_activation)
+            kernel = kernels.KernelSite(site.consumers, site.members, site.units, positive, *averages) if fused else None
+            self.sites.append(_SiteUpdate(state, site.consumers, rows, len(shape) + 2, shape, positive, *sums, kernel))
         self.batch = [0] * len(states)
 
     def _views(self, row: torch.Tensor, states: list[_SiteState]) -> list[torch.Tensor]:
@@ -370,8 +372,9 @@ class ContinualBackprop(SiteIntervention):
         """Take the recorded ``features`` (left None) into the running averages of their sites; returns those sites.
 
         Runs once per optimizer step inside SB3's update, where each Python operation costs several times its
-        isolated time (caches cold after Adam), so the per-site work is resolved once, in `_FlatUnits`, and nothing
-        here needs ``no_grad`` (entering it costs there about as much as a batch sum).
+        isolated time (caches cold after Adam), so the per-site work is resolved once, in `_FlatUnits`, the C kernel
+        takes every site it can read in one call, and nothing here needs ``no_grad`` (entering it costs there about
+        as much as a batch sum).
         """
         flat = self._flat
         if flat is None:

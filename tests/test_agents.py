@@ -38,6 +38,7 @@ from agents import (
     policy_sites,
 )
 from agents.sites import network_parameters
+from cbp_rl import kernels
 
 UNITS = 32
 CBP = dict(replacement_rate=0.01, maturity_threshold=10)
@@ -87,6 +88,23 @@ def test_sac_replaces_units_in_actor_and_every_critic_but_not_the_target():
     target_modules = set(map(id, model.policy.critic_target.modules()))
     for sites in policy_sites(model.policy).values():
         assert not any(id(s.producer) in target_modules or id(s.activation) in target_modules for s in sites.values())
+
+
+@pytest.mark.skipif(not kernels.ENABLED, reason="CBP's C kernel is not built here")
+@pytest.mark.parametrize("build", [ppo, sac], ids=["ppo", "sac"])
+def test_sb3_updates_hand_every_site_to_the_c_kernel(build, monkeypatch):
+    """SB3's activations and weights are as the kernel reads them, so no site falls back to the slower torch ops."""
+    read = set()
+    arguments = kernels.KernelSite.arguments
+
+    def read_by_kernel(site, h):
+        assert arguments(site, h) is not None, "a site took the torch ops"
+        read.add(site)
+        return arguments(site, h)
+
+    monkeypatch.setattr(kernels.KernelSite, "arguments", read_by_kernel)
+    build().learn(200)
+    assert len(read) == (4 if build is ppo else 6)
 
 
 def test_cbp_none_is_plain_backprop_on_the_same_network():
