@@ -46,7 +46,7 @@ class KernelSite:
         """The kernel's arguments for one step on the recorded activations ``h`` ``[*members, batch, units]``, or
         None where ``h`` or a consumer's weight ``[*members, rows, units]`` is not as the kernel reads it."""
         members, units = self.members, self.units
-        if not (_plain(h) and h.shape[-1] == units and h.numel() == members * h.shape[-2] * units):
+        if not (_plain(h) and h.shape[-1] == units and 0 < h.numel() == members * h.shape[-2] * units):
             return None
         arguments = [h.data_ptr(), members, h.shape[-2], *self.fixed]
         for consumer in self.consumers:
