@@ -177,13 +177,13 @@ class _FlatUnits:
         sum_h = self._views(self.sums if shared_sums else self.sums[1], states)
         sum_abs_h = [None] * len(states) if shared_sums else self._views(self.sums[0], states)
         out_magnitude = self._views(self.utility_factor, states)
-        fused = kernels.KernelSite.accepts(self.state)
+        in_kernel = kernels.KernelSite.accepts(self.state)
         self.sites = []
         for site, state, positive, *sums in zip(sites, states, nonnegative, sum_h, sum_abs_h, out_magnitude):
             rows = sum(consumer.weight.shape[-2] for consumer in site.consumers)
             shape = site.member_shape
             averages = (state.utility, state.mean_activation)
-            kernel = kernels.KernelSite(site.consumers, site.members, site.units, positive, *averages) if fused else None
+            kernel = kernels.KernelSite(site.consumers, site.members, site.units, positive, *averages) if in_kernel else None
             self.sites.append(_SiteUpdate(state, site.consumers, rows, len(shape) + 2, shape, positive, *sums, kernel))
         self.batch = [0] * len(states)
 
