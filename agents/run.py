@@ -6,6 +6,7 @@ import argparse
 import inspect
 import json
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger, TensorBoardOutputFormat
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
+from stable_baselines3.common.utils import safe_mean
 from torch.utils.tensorboard import SummaryWriter
 
 from .callbacks import FrictionCallback, UnitHealthCallback
@@ -70,6 +72,44 @@ class StopOnSignal(BaseCallback):
     def _on_step(self) -> bool:
         self.stopped = self.signal_number is not None and not self.saver.save_requested
         return not self.stopped
+
+
+class ProgressLines(BaseCallback):
+    """Progress as plain lines on stdout, for logs (nohup, a batch scheduler, a sweep's ``train.log``) where a progress
+    bar would be noise: at a rollout's end once ``every_s`` seconds have passed since the last line, and when learning
+    ends. Each reads ``progress: STEP of TOTAL steps (P%), R steps/s, ETA H:MM:SS, mean return X`` (`PROGRESS_LINE`)."""
+
+    def __init__(self, total_steps: int, every_s: float) -> None:
+        super().__init__()
+        self.total_steps, self.every_s = total_steps, every_s
+
+    def _on_training_start(self) -> None:
+        self.start_time = self.last_time = time.monotonic()
+        self.start_step = self.num_timesteps
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if time.monotonic() - self.last_time >= self.every_s:
+            self._print()
+
+    def _on_training_end(self) -> None:
+        self._print()
+
+    def _print(self) -> None:
+        self.last_time = now = time.monotonic()
+        rate = (self.num_timesteps - self.start_step) / max(now - self.start_time, 1e-9)
+        left = max(self.total_steps - self.num_timesteps, 0)
+        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate)) if rate > 0 else "?"
+        episodes = self.model.ep_info_buffer
+        mean_return = f"{safe_mean([e['r'] for e in episodes]):.1f}" if episodes else "-"
+        print(f"progress: {self.num_timesteps:,} of {self.total_steps:,} steps ({100 * self.num_timesteps / self.total_steps:.1f}%), "
+              f"{rate:,.0f} steps/s, ETA {eta}, mean return {mean_return}", flush=True)
+
+
+PROGRESS_LINE = re.compile(r"^progress: (?P<steps>[\d,]+) of (?P<total>[\d,]+) steps")
+"""Matches a `ProgressLines` line; ``steps`` and ``total`` carry thousands separators."""
 
 
 def write_run_files(run_dir: Path, config: Config, resumed_from: Checkpoint | None) -> None:
