@@ -30,6 +30,10 @@ GRID_KEYS = ("root", "envs", "algos", "methods", "seeds", "total_steps", "change
 CRASH_RETRIES = 3
 """How often a run whose ``train.py`` was killed (``kill -9``, the OOM killer) is resumed before it counts as failed."""
 
+STOP_FILE = ".sweep_stop"
+"""Written into the sweep's root when it is asked to stop: every task then stops its ``train.py`` (the root is shared
+by the driver and every node)."""
+
 PROGRESS_EVERY_S = 5.0
 """Seconds between the progress lines of each run's ``train.py``, which the sweep reads."""
 
@@ -234,21 +238,23 @@ class Outcome:
     message: str = ""
 
 
-def train_run(run: Run, board: Any) -> Outcome:
+def train_run(run: Run, board: Any, stop_file: Path) -> Outcome:
     """Run ``train.py`` until ``run`` is at its total: it resumes from the newest checkpoint (so does a retry of this
-    task after its worker died), and again after ``train.py`` was killed, up to `CRASH_RETRIES` times. Progress and
-    the sweep's stop request go through ``board`` (a `Board` actor)."""
+    task after its worker died), and again after ``train.py`` was killed, up to `CRASH_RETRIES` times. Its progress goes
+    to ``board`` (a `Board` actor); ``stop_file`` existing asks it to stop. Neither waits for a reply from Ray: a task
+    that blocks in ``ray.get`` lends its CPU to the next queued task, which would then train beside it."""
     log = run.run_dir / "train.log"
     run.run_dir.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(CRASH_RETRIES + 1):
         steps = _checkpoint_steps(run.run_dir)
         if steps >= run.total_steps:
             return Outcome(run.name, "done", steps)
-        if _report(board, run.name, steps):
+        _report(board, run.name, steps)
+        if stop_file.exists():
             return Outcome(run.name, "stopped", steps)
         if steps == 0 and run.run_dir.exists():
             shutil.rmtree(run.run_dir)  # started before (its settings are the grid's) but killed before a checkpoint
-        returncode, stopping = _train_process(run.resume_args if steps else run.start_args, run, log, board, steps)
+        returncode, stopping = _train_process(run.resume_args if steps else run.start_args, run, log, board, stop_file, steps)
         steps = _checkpoint_steps(run.run_dir)
         if returncode == 0:
             return Outcome(run.name, "done", steps)
@@ -265,9 +271,9 @@ def _checkpoint_steps(run_dir: Path) -> int:
     return checkpoints[-1].steps if checkpoints else 0
 
 
-def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, steps: int) -> tuple[int, bool]:
-    """One ``train.py`` process: its output into ``log``, its progress to ``board``, SIGTERM to it once the board asks
-    the sweep to stop. Returns its exit status (negative: killed by that signal) and whether the sweep is stopping."""
+def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, stop_file: Path, steps: int) -> tuple[int, bool]:
+    """One ``train.py`` process: its output into ``log``, its progress to ``board``, SIGTERM to it once ``stop_file``
+    exists. Returns its exit status (negative: killed by that signal) and whether the sweep is stopping."""
     command = [sys.executable, "-m", "agents.training", *args]
     process = subprocess.Popen(command, cwd=run.run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
@@ -276,7 +282,8 @@ def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, steps: 
     reader.start()
     stopping = False
     while process.poll() is None:
-        if not stopping and _report(board, run.name, progress["steps"]):
+        _report(board, run.name, progress["steps"])
+        if not stopping and stop_file.exists():
             stopping = True
             process.send_signal(signal.SIGTERM)  # train.py checkpoints at the next rollout start and exits
         reader.join(timeout=1.0)
@@ -284,8 +291,8 @@ def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, steps: 
     if process.returncode < 0 and log.parent.is_dir():
         with log.open("a") as out:
             out.write(f"# train.py was ended by signal {-process.returncode}\n")
-    stopping = _report(board, run.name, progress["steps"]) or stopping
-    return process.returncode, stopping
+    _report(board, run.name, progress["steps"])
+    return process.returncode, stopping or stop_file.exists()
 
 
 def _copy_output(process: subprocess.Popen, run: Run, log: Path, command: list[str], progress: dict) -> None:
@@ -310,14 +317,14 @@ def _copy_output(process: subprocess.Popen, run: Run, log: Path, command: list[s
         out.close()
 
 
-def _report(board: Any, name: str, steps: int) -> bool:
-    """Tell the board where ``name`` stands; whether the sweep is stopping (no board: never)."""
+def _report(board: Any, name: str, steps: int) -> None:
+    """Tell the board where ``name`` stands, without waiting for it."""
     import ray
 
     try:
-        return bool(ray.get(board.report.remote(name, steps), timeout=30))
+        board.report.remote(name, steps)
     except ray.exceptions.RayError:
-        return False
+        pass  # the view misses a report; the run goes on
 
 
 def _die_with_parent() -> None:
@@ -337,21 +344,16 @@ def _last_line(log: Path) -> str:
 
 
 class Board:
-    """A Ray actor between the sweep and its tasks: each task reports its run's steps, and learns whether to stop."""
+    """A Ray actor that holds the steps each task reports for its run, for the sweep's view."""
 
     def __init__(self) -> None:
         self.steps: dict[str, int] = {}
-        self.stopping = False
 
-    def report(self, name: str, steps: int) -> bool:
+    def report(self, name: str, steps: int) -> None:
         self.steps[name] = steps
-        return self.stopping
 
     def snapshot(self) -> dict[str, int]:
         return dict(self.steps)
-
-    def stop(self) -> None:
-        self.stopping = True
 
 
 # ---------------------------------------------------------------- the sweep
@@ -397,6 +399,9 @@ def connect(address: str | None) -> None:
 def _follow(ray: Any, grid: Grid, todo: list[Run], view: Progress) -> tuple[list[Outcome], int | None]:
     task = ray.remote(train_run).options(num_cpus=grid.cpus_per_run, max_retries=CRASH_RETRIES, retry_exceptions=False)
     board = ray.remote(num_cpus=0)(Board).remote()
+    grid.root.mkdir(parents=True, exist_ok=True)
+    stop_file = grid.root / STOP_FILE
+    stop_file.unlink(missing_ok=True)
     signals: list[int] = []
 
     def on_signal(number: int, frame: Any) -> None:
@@ -411,17 +416,18 @@ def _follow(ray: Any, grid: Grid, todo: list[Run], view: Progress) -> tuple[list
             if signals and not stopping:
                 stopping = True
                 queue.clear()
-                board.stop.remote()
+                stop_file.touch()
                 view.line(f"signal {signals[0]}: the running runs checkpoint and stop (a second signal leaves at once)")
             while queue and (grid.max_concurrent is None or len(active) < grid.max_concurrent):
                 run = queue.pop(0)
-                active[task.remote(run, board)] = run
+                active[task.remote(run, board, stop_file)] = run
             ready, _ = ray.wait(list(active), num_returns=len(active), timeout=1.0)
             for ref in ready:
                 outcomes.append(_outcome(ray, ref, active.pop(ref), view))
                 view.ended(outcomes[-1])
             view.update(ray.get(board.snapshot.remote()))
     finally:
+        stop_file.unlink(missing_ok=True)
         for number, handler in previous.items():
             signal.signal(number, handler)
     return outcomes, signals[0] if signals else None
@@ -491,7 +497,9 @@ class Progress:
         return sum(min(self.steps[name], run.total_steps) for name, run in self.runs.items())
 
     def summary(self) -> str:
-        counts = {status: list(self.status.values()).count(status) for status in ("waiting", "running", "done", "failed")}
+        counts = {status: list(self.status.values()).count(status) for status in ("waiting", "running", "done", "failed", "stopped")}
+        if not counts["stopped"]:
+            del counts["stopped"]
         total = sum(run.total_steps for run in self.runs.values())
         done = self._done_steps()
         (t0, s0), (t1, s1) = (self.history[0], self.history[-1]) if self.history else ((0.0, 0), (0.0, 0))

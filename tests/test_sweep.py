@@ -89,9 +89,11 @@ def test_sweep_runs_the_grid_reruns_nothing_and_extends_every_run_through_a_kill
     victim = root / "SlipperyHopper-v0_ppo_cbp_s1"
     process = subprocess.Popen([sys.executable, "sweep.py", *map(str, grid), "--total-steps", "4096"], cwd=ROOT, env=RAY_ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
+    deadline, concurrent = time.monotonic() + 300, 0
     while newest_steps(victim) < 1536 and time.monotonic() < deadline and process.poll() is None:
+        concurrent = max(concurrent, sum(len(train_processes(run)) for run in runs))
         time.sleep(0.2)
+    assert concurrent == 2  # one run per CPU of the local Ray instance
     pids = train_processes(victim)
     assert pids, "the run to kill was not running"
     os.kill(pids[0], signal.SIGKILL)
@@ -128,15 +130,18 @@ def free_port():
 
 
 def test_a_sweep_runs_on_a_cluster_given_by_address(tmp_path):
+    """The head runs with ``--block`` in a process group of its own, which the test ends: ``ray stop`` would stop
+    every Ray instance on the machine."""
     port = free_port()
-    ray = [str(Path(sys.executable).parent / "ray")]
-    start = [*ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
-    subprocess.run(start, env=RAY_ENV, check=True, capture_output=True, timeout=120)
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--port={port}", "--num-cpus=2",
+                             "--include-dashboard=false", "--disable-usage-stats", "--block"],
+                            env=RAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         result = run_sweep("--methods", "std", "--seeds", "4", "--root", tmp_path, "--total-steps", 256, *TINY,
                            "--address", f"127.0.0.1:{port}")
     finally:
-        subprocess.run([*ray, "stop", "--force"], env=RAY_ENV, capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
     assert newest_steps(tmp_path / "SlipperyHopper-v0_ppo_std_s4") >= 256
 
