@@ -383,14 +383,14 @@ def run_sweep(grid: Grid, command: str, out: Any = None) -> int:
 
 def connect(address: str | None) -> None:
     """Join the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or start a local instance
-    sized to this machine, without the dashboard."""
+    sized to this machine, without the dashboard (even where ``ray start`` left a cluster that Ray would join)."""
     import logging
 
     import ray
 
     options: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False)
     try:
-        ray.init(address, **options) if address else ray.init(include_dashboard=False, **options)
+        ray.init(address, **options) if address else ray.init("local", include_dashboard=False, **options)
     except (ConnectionError, ValueError, RuntimeError) as error:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise ValueError(f"cannot reach {where}: {' '.join(str(error).split())[:300]}") from None
