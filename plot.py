@@ -1,9 +1,12 @@
 """Paper-style figures from the TensorBoard logs of cbp-rl training runs (return and unit health).
 
-Reads every ``events.out.tfevents.*`` under each RUN_DIR, groups the runs by the ``method`` of
-their ``config.yaml`` (the directory name when it has none) and draws, per method, the mean over
-its runs (seeds) with a shaded bootstrap confidence interval of that mean. Runs of one method are
-first put on a common step grid: linear interpolation over the overlap of their step ranges.
+Reads every ``events.out.tfevents.*`` under each RUN_DIR (a folder of run directories, such as a
+sweep's root, stands for all of them), groups the runs by env × algorithm (one set of figures each,
+never pooled) and, within that, by the ``method`` of their ``config.yaml`` (the directory name when
+it has none). Each method's curve is the interquartile mean (IQM) over its runs (seeds) with a
+shaded stratified-bootstrap confidence interval, both from ``rliable`` (Agarwal et al., NeurIPS
+2021); with fewer than 4 runs the IQM is the mean. Runs of one method are first put on a common
+step grid: linear interpolation over the overlap of their step ranges.
 
 - ``return.png``: ``rollout/ep_rew_mean`` over environment steps; dashed vertical lines where the
   friction segment changes, labelled with the new friction when every run agrees on it.
@@ -14,28 +17,39 @@ first put on a common step grid: linear interpolation over the overlap of their 
   logged ``health/`` tags.
 - ``segments.md``: a table per method, one row per friction segment: its friction and steps, and
   the means over the segment's last fifth (after adapting to the friction) of the return and of
-  dead units, stable rank and weight magnitude of the actor and the critic(s); averaged over runs. The
-  segment a run stopped in (before its ``total_steps``) counts only where no run completed it, marked partial.
+  dead units, stable rank and weight magnitude of the actor and the critic(s); the IQM over runs,
+  for the return with its CI. The segment a run stopped in (before its ``total_steps``) counts only
+  where no run completed it, marked partial.
+- ``summary.csv``: one row per run × friction segment: env, algo, method, seed, segment, friction,
+  steps, whether the run completed the segment, and the same last-fifth means of the return and, per
+  network, of dead and dormant fractions, stable and effective rank and weight magnitude.
+
+With several env × algorithm groups, each one's files go to ``OUT/{env}_{algo}/``.
 
 Usage::
 
     python plot.py runs/std_s0 runs/std_s1 runs/cbp_s0 runs/cbp_s1 --out figures
+    python plot.py runs/sweeps/sant --out results/sant      # every run of a sweep
     python plot.py runs/cbp_s0 --smooth 5      # one run: written to runs/cbp_s0/plots/
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import os
 import re
+import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 import numpy as np
+import scipy.stats
 import yaml
+from rliable import library as rly
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from agents import list_checkpoints
@@ -85,10 +99,10 @@ class Run:
 
 @dataclass
 class Curve:
-    """A method's mean over runs on a step grid, with the CI bounds (``None`` for a single run)."""
+    """A method's IQM over runs on a step grid, with the CI bounds (``None`` for a single run)."""
 
     steps: np.ndarray
-    mean: np.ndarray
+    iqm: np.ndarray
     low: np.ndarray | None
     high: np.ndarray | None
     n_runs: int
@@ -101,17 +115,23 @@ class Stats:
     :param smooth: centred moving-average window, in logged points (1: none)
     :param ci: confidence level of the bootstrap interval
     :param n_boot: bootstrap resamples of the runs
+    :param seed: seed of the resampling
     """
 
     smooth: int = 1
     ci: float = 0.95
     n_boot: int = 1000
-    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    seed: int = 0
 
     def curve(self, series: Sequence[Series], scale: float = 1.0) -> Curve | None:
         """Smoothed, scaled runs aggregated on a common grid (see :func:`aggregate`)."""
         scaled = [(steps, scale * smooth(values, self.smooth)) for steps, values in series]
-        return aggregate(scaled, self.ci, self.n_boot, self.rng)
+        return aggregate(scaled, self.ci, self.n_boot, self.seed)
+
+    def interval(self, values: Sequence[float]) -> tuple[float, float, float]:
+        """IQM of one number per run and its CI (NaN bounds for a single run)."""
+        center, low, high = iqm_interval(np.asarray(values, dtype=float)[:, None], self.ci, self.n_boot, self.seed)
+        return float(center[0]), float(low[0]), float(high[0])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -223,21 +243,26 @@ def smooth(values: np.ndarray, n: int) -> np.ndarray:
     return np.convolve(values, kernel, "same") / np.convolve(np.ones(len(values)), kernel, "same")
 
 
-def bootstrap_ci(
-    matrix: np.ndarray, ci: float, n_boot: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile bootstrap interval of the mean over rows (runs) of ``matrix [runs, points]``."""
-    n_runs = matrix.shape[0]
-    counts = rng.multinomial(n_runs, np.full(n_runs, 1.0 / n_runs), size=n_boot)
-    means = counts @ matrix / n_runs
-    tail = 100.0 * (1.0 - ci) / 2.0
-    return np.percentile(means, tail, axis=0), np.percentile(means, 100.0 - tail, axis=0)
+def pointwise_iqm(scores: np.ndarray) -> np.ndarray:
+    """rliable's IQM (the 25%-trimmed mean over runs and tasks) at each point of ``scores [runs, tasks, points]``."""
+    return scipy.stats.trim_mean(scores.reshape(-1, scores.shape[-1]), proportiontocut=0.25, axis=0)
 
 
-def aggregate(
-    series: Sequence[Series], ci: float, n_boot: int, rng: np.random.Generator, max_points: int = 1000
-) -> Curve | None:
-    """Mean and bootstrap CI of runs on a common grid over their overlap; ``None`` if they don't overlap."""
+def iqm_interval(matrix: np.ndarray, ci: float, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """IQM over the runs (rows) of ``matrix [runs, points]`` and its percentile stratified-bootstrap interval
+    (rliable's ``get_interval_estimates``, one task); NaN bounds for a single run."""
+    center = pointwise_iqm(matrix[:, None, :])
+    if matrix.shape[0] < 2:
+        return center, np.full_like(center, np.nan), np.full_like(center, np.nan)
+    with warnings.catch_warnings():  # arch deprecates the seeded RandomState that rliable hands it
+        warnings.simplefilter("ignore", FutureWarning)
+        _, intervals = rly.get_interval_estimates({"runs": matrix[:, None, :]}, pointwise_iqm, reps=n_boot,
+                                                  confidence_interval_size=ci, random_state=np.random.RandomState(seed))
+    return center, intervals["runs"][0], intervals["runs"][1]
+
+
+def aggregate(series: Sequence[Series], ci: float, n_boot: int, seed: int = 0, max_points: int = 1000) -> Curve | None:
+    """IQM and its CI (`iqm_interval`) of runs on a common grid over their overlap; ``None`` if they don't overlap."""
     series = [(s, v) for s, v in series if len(s)]
     if not series:
         return None
@@ -251,8 +276,7 @@ def aggregate(
     inside = max(int(np.count_nonzero((s >= start) & (s <= stop))) for s, _ in series)
     grid = np.linspace(start, stop, max(1, min(inside, max_points)))
     matrix = np.stack([np.interp(grid, s, v) for s, v in series])
-    low, high = bootstrap_ci(matrix, ci, n_boot, rng)
-    return Curve(grid, matrix.mean(axis=0), low, high, len(series))
+    return Curve(grid, *iqm_interval(matrix, ci, n_boot, seed), len(series))
 
 
 def network_series(scalars: dict[str, Series], metric: str) -> dict[str, Series]:
@@ -315,6 +339,19 @@ def _tail_mean(series: Series, start: float, end: float, last: bool) -> float:
     return float(values[inside].mean()) if inside.any() else float("nan")
 
 
+SUMMARY_METRICS = ("dead_frac", "dormant_frac", "stable_rank", "effective_rank", "weight_mag")
+"""Health metrics of ``summary.csv``, one column per network each (``{net}/{metric}``)."""
+
+
+def _network_metric_series(scalars: dict[str, Series]) -> dict[str, Series]:
+    """The series that ``summary.csv`` summarizes, by column: ``return`` and ``{net}/{metric}`` (`SUMMARY_METRICS`)."""
+    series = {"return": scalars[RETURN_TAG]} if RETURN_TAG in scalars else {}
+    for metric in SUMMARY_METRICS:
+        for net, metric_series in sorted(network_series(scalars, metric).items(), key=lambda item: _net_order(item[0])):
+            series[f"{net}/{metric}"] = metric_series
+    return series
+
+
 def _segment_series(scalars: dict[str, Series]) -> dict[str, Series]:
     """The series that ``segments.md`` summarizes, by column key: ``return`` and ``{metric}/{actor|critic}``."""
     series = {"return": scalars[RETURN_TAG]} if RETURN_TAG in scalars else {}
@@ -328,17 +365,17 @@ def _segment_series(scalars: dict[str, Series]) -> dict[str, Series]:
     return series
 
 
-def segment_summary(run: Run) -> list[dict[str, float]]:
+def segment_summary(run: Run, series: dict[str, Series] | None = None) -> list[dict[str, float]]:
     """Per friction segment of a run: ``start``, ``end`` (the next start, or the last logged step), ``friction``,
     ``complete`` (1.0 unless it is the last segment of a run that stopped before its ``total_steps``: its last
-    logged step and its newest checkpoint are both short of them) and the tail
-    means (see ``SEGMENT_TAIL``) of the return and health series (keys of `_segment_series`)."""
+    logged step and its newest checkpoint are both short of them) and the tail means (see ``SEGMENT_TAIL``) of
+    ``series`` (default: the return and the health series of ``segments.md``, keys of `_segment_series`)."""
     segments = run_segments(run.scalars)
     if not segments or RETURN_TAG not in run.scalars:
         return []
     last = float(run.scalars[RETURN_TAG][0][-1])
     finished = max(last, run.checkpoint_steps or 0) >= float(run.config.get("total_steps", np.inf))
-    series = _segment_series(run.scalars)
+    series = _segment_series(run.scalars) if series is None else series
     rows = []
     ends = [start for start, _ in segments[1:]] + [last]
     for k, ((start, friction), end) in enumerate(zip(segments, ends)):
@@ -349,14 +386,16 @@ def segment_summary(run: Run) -> list[dict[str, float]]:
     return rows
 
 
-def segment_table(groups: dict[str, list[Run]]) -> str:
-    """``segments.md``: per method, the k-th segments of its runs averaged (see :func:`segment_summary`): those
+def segment_table(groups: dict[str, list[Run]], stats: Stats | None = None) -> str:
+    """``segments.md``: per method, the k-th segments of its runs aggregated (see :func:`segment_summary`): those
     that completed it, or, if none did, the partial ones (marked)."""
+    stats = stats or Stats()
     lines = [
         f"Means over the last {SEGMENT_TAIL:.0%} of each friction segment; health: actor / critic, each the mean "
-        "over the network's layers. With several runs: the mean over the runs that completed the segment (if none "
-        "did, over those that reached it: partial); steps: the median start and the latest end; friction: – where "
-        "the runs' frictions differ.",
+        "over the network's layers. With several runs: the IQM (the mean below 4 runs) over the runs that completed "
+        f"the segment (if none did, over those that reached it: partial), the return with its {stats.ci:.0%} "
+        "stratified-bootstrap CI in brackets; steps: the median start and the latest end; friction: – where the "
+        "runs' frictions differ.",
     ]
     for method, runs in groups.items():
         per_run = [rows for rows in map(segment_summary, runs) if rows]
@@ -368,22 +407,54 @@ def segment_table(groups: dict[str, list[Run]]) -> str:
             reached = [rows[k] for rows in per_run if len(rows) > k]
             kth = [row for row in reached if row["complete"]] or reached
             keys = {key for row in kth for key in row}
-            mean = {key: _mean_of_logged([row.get(key, np.nan) for row in kth]) for key in keys}
+            center = {key: _iqm_of_logged([row.get(key, np.nan) for row in kth]) for key in keys}
             frictions = [row["friction"] for row in kth]
             friction = frictions[0] if np.allclose(frictions, frictions[0], rtol=1e-3) else np.nan
             steps = f"{_eng(np.median([row['start'] for row in kth]))}-{_eng(max(row['end'] for row in kth))}"
             cells = [f"{k}" if kth[0]["complete"] else f"{k} (partial)", _number(friction, "{:.3g}"), steps, str(len(kth))]
-            for _, metric, scale, fmt in SEGMENT_COLUMNS:
-                columns = ["return"] if metric is None else [f"{metric}/actor", f"{metric}/critic"]
-                cells.append(" / ".join(_number(scale * mean.get(column, np.nan), fmt) for column in columns))
+            cells.append(_return_cell([row["return"] for row in kth], stats))
+            for _, metric, scale, fmt in SEGMENT_COLUMNS[1:]:
+                columns = [f"{metric}/actor", f"{metric}/critic"]
+                cells.append(" / ".join(_number(scale * center.get(column, np.nan), fmt) for column in columns))
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _mean_of_logged(values: Sequence[float]) -> float:
-    """The mean of the values that are not NaN (NaN if none is)."""
+def _return_cell(returns: Sequence[float], stats: Stats) -> str:
+    """The IQM of the runs' returns, with its CI in brackets when there are several runs."""
+    logged = [r for r in returns if not np.isnan(r)]
+    if len(logged) < 2:
+        return _number(_iqm_of_logged(logged), "{:.0f}")
+    center, low, high = stats.interval(logged)
+    return f"{center:.0f} [{low:.0f}, {high:.0f}]"
+
+
+def _iqm_of_logged(values: Sequence[float]) -> float:
+    """The IQM of the values that are not NaN (NaN if none is)."""
     logged = [v for v in values if not np.isnan(v)]
-    return float(np.mean(logged)) if logged else float("nan")
+    return float(scipy.stats.trim_mean(logged, 0.25)) if logged else float("nan")
+
+
+def summary_rows(run: Run) -> list[dict[str, Any]]:
+    """``summary.csv``'s rows of a run: its env, algo, method, seed and folder, then per friction segment what
+    :func:`segment_summary` gives for the return and each network's health (`SUMMARY_METRICS`)."""
+    env = run.config.get("env")
+    context = {"env": env.get("id", "") if isinstance(env, dict) else "", "algo": run.config.get("algo", ""),
+               "method": run.method, "seed": run.config.get("seed", ""), "run": run.path.name}
+    rows = segment_summary(run, _network_metric_series(run.scalars))
+    return [context | {"segment": k, "friction": row.pop("friction"), "start": int(row.pop("start")),
+                       "end": int(row.pop("end")), "complete": bool(row.pop("complete"))} | row for k, row in enumerate(rows)]
+
+
+def write_summary(runs: Sequence[Run], path: Path) -> Path:
+    """``summary.csv`` of ``runs`` (columns: the union of their rows' keys, in first-seen order)."""
+    rows = [row for run in runs for row in summary_rows(run)]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, columns, restval="")
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in rows)
+    return path
 
 
 def _number(value: float, fmt: str) -> str:
@@ -415,7 +486,8 @@ def _title(what: str, groups: dict[str, list[Run]], ci: float, note: str = "") -
     context = _context([r for runs in groups.values() for r in runs])
     first = f"{what} — {context}" if context else what
     shaded = any(len(runs) > 1 for runs in groups.values())
-    second = "; ".join(p for p in (note, shaded and f"shaded: {ci:.0%} bootstrap CI of the mean over runs") if p)
+    center = "IQM over runs (the mean below 4 runs)" if shaded else ""
+    second = "; ".join(p for p in (center, note, shaded and f"shaded: {ci:.0%} stratified-bootstrap CI") if p)
     return f"{first}\n{second}" if second else first
 
 
@@ -425,7 +497,7 @@ def _friction_handle(label: str) -> Any:
 
 def _draw(ax: Any, curve: Curve, color: str, linestyle: str = "-", label: str | None = None) -> None:
     """One curve with its shaded interval."""
-    ax.plot(curve.steps, curve.mean, color=color, linestyle=linestyle, linewidth=1.6, label=label)
+    ax.plot(curve.steps, curve.iqm, color=color, linestyle=linestyle, linewidth=1.6, label=label)
     if curve.low is not None:
         ax.fill_between(curve.steps, curve.low, curve.high, color=color, alpha=0.18, linewidth=0)
 
@@ -575,6 +647,43 @@ def group_by_method(runs: Sequence[Run]) -> dict[str, list[Run]]:
     return groups
 
 
+def group_by_context(runs: Sequence[Run]) -> dict[str, list[Run]]:
+    """Runs grouped by ``{env}_{algo}`` of their configs (``-`` for a missing one), in the order they first appear:
+    runs of different envs or algorithms are never aggregated together."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        env = run.config.get("env")
+        env_id = env.get("id") if isinstance(env, dict) else None
+        groups.setdefault(f"{env_id or '-'}_{run.config.get('algo') or '-'}", []).append(run)
+    return groups
+
+
+def expand_run_dirs(paths: Sequence[str]) -> list[str]:
+    """Each path, or for a folder without a ``config.yaml`` whose subfolders have one (a sweep's root), those."""
+    expanded = []
+    for path in map(Path, paths):
+        runs = sorted(p for p in path.iterdir() if (p / "config.yaml").is_file()) if path.is_dir() else []
+        expanded += [str(p) for p in runs] if runs and not (path / "config.yaml").is_file() else [str(path)]
+    return expanded
+
+
+def write_figures(runs: Sequence[Run], out: Path, stats: Stats) -> None:
+    """``return.png``, ``health.png``, ``segments.md`` and ``summary.csv`` of runs that share an env and algorithm."""
+    out.mkdir(parents=True, exist_ok=True)
+    groups = group_by_method(runs)
+    colors = {method: f"C{i % 10}" for i, method in enumerate(groups)}
+    print(f"wrote {plot_return(groups, colors, out / 'return.png', stats)}")
+    health = plot_health(groups, colors, out / "health.png", stats)
+    if health is None:
+        print("note: no run logged health/{net}/{site}/{metric} tags; health.png not written")
+    else:
+        print(f"wrote {health}")
+    table = out / "segments.md"
+    table.write_text(segment_table(groups, stats))
+    print(f"wrote {table}")
+    print(f"wrote {write_summary(runs, out / 'summary.csv')}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -586,8 +695,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"--bootstrap must be >= 1 resamples, got {args.bootstrap}")
     if plt is None:
         parser.error("matplotlib is not installed; install the plot extra: pip install -e '.[plot]'")
+    run_dirs = expand_run_dirs(args.run_dirs)
     try:
-        runs = load_runs(args.run_dirs)
+        runs = load_runs(run_dirs)
     except ValueError as err:
         parser.error(str(err))
     if not any(RETURN_TAG in r.scalars for r in runs):
@@ -596,20 +706,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         if RETURN_TAG not in run.scalars:
             print(f"note: {run.path} has no {RETURN_TAG}; left out of return.png")
 
-    out = args.out or (Path(args.run_dirs[0]) / "plots" if len(runs) == 1 else Path("plots"))
-    out.mkdir(parents=True, exist_ok=True)
-    groups = group_by_method(runs)
-    colors = {method: f"C{i % 10}" for i, method in enumerate(groups)}
+    out = args.out or (Path(run_dirs[0]) / "plots" if len(runs) == 1 else Path("plots"))
+    contexts = group_by_context(runs)
     stats = Stats(args.smooth, args.ci, args.bootstrap)
-    print(f"wrote {plot_return(groups, colors, out / 'return.png', stats)}")
-    health = plot_health(groups, colors, out / "health.png", stats)
-    if health is None:
-        print("note: no run logged health/{net}/{site}/{metric} tags; health.png not written")
-    else:
-        print(f"wrote {health}")
-    table = out / "segments.md"
-    table.write_text(segment_table(groups))
-    print(f"wrote {table}")
+    for context, context_runs in contexts.items():
+        write_figures(context_runs, out / context if len(contexts) > 1 else out, stats)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import struct
 import subprocess
@@ -27,11 +28,12 @@ FRICTIONS = (1.0, 0.05, 0.5)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def write_run(root: Path, name: str, method: str | None, seed: int, health: bool = True, returns: bool = True) -> Path:
+def write_run(root: Path, name: str, method: str | None, seed: int, health: bool = True, returns: bool = True,
+              algo: str = "ppo", env_id: str = "SlipperyAnt-v0") -> Path:
     """A synthetic train.py run: config.yaml and one TensorBoard event file under tb/."""
     run = root / name
     run.mkdir(parents=True)
-    config = {"algo": "ppo", "seed": seed, "env": {"id": "SlipperyAnt-v0"}}
+    config = {"algo": algo, "seed": seed, "env": {"id": env_id}}
     if method is not None:
         config["method"] = method
     (run / "config.yaml").write_text(yaml.safe_dump(config))
@@ -91,22 +93,27 @@ def test_load_scalars_merges_event_files_by_wall_time_and_later_values_win(tmp_p
     np.testing.assert_array_equal(scalars["only/first"][0], np.arange(30))
 
 
-def test_aggregate_interpolates_over_the_overlap_with_a_bootstrap_ci():
-    rng = np.random.default_rng(0)
+def test_aggregate_interpolates_over_the_overlap_with_rliables_iqm_and_bootstrap_ci():
     low_run = (np.arange(0, 101, 10), np.zeros(11))
     high_run = (np.arange(50, 151, 5), np.full(21, 2.0))
 
-    curve = plot.aggregate([low_run, high_run], ci=0.95, n_boot=2000, rng=rng)
+    curve = plot.aggregate([low_run, high_run], ci=0.95, n_boot=2000)
 
     assert curve.steps[0] == 50 and curve.steps[-1] == 100 and curve.n_runs == 2
-    np.testing.assert_allclose(curve.mean, 1.0)
+    np.testing.assert_allclose(curve.iqm, 1.0)  # two runs: the IQM is their mean
     np.testing.assert_allclose(curve.low, 0.0)  # resampled means are 0, 1 or 2
     np.testing.assert_allclose(curve.high, 2.0)
-    same = plot.aggregate([high_run, high_run, high_run], ci=0.95, n_boot=100, rng=rng)
+    same = plot.aggregate([high_run, high_run, high_run], ci=0.95, n_boot=100)
     np.testing.assert_allclose([same.low, same.high], 2.0)
-    assert plot.aggregate([low_run, (np.arange(200, 300), np.ones(100))], 0.95, 10, rng) is None
-    single = plot.aggregate([low_run], 0.95, 10, rng)
+    assert plot.aggregate([low_run, (np.arange(200, 300), np.ones(100))], 0.95, 10) is None
+    single = plot.aggregate([low_run], 0.95, 10)
     assert single.low is None and single.n_runs == 1
+
+    steps = np.arange(0, 101, 10)
+    runs = [(steps, np.full(11, value)) for value in (0.0, 1.0, 2.0, 100.0)]  # one run far off
+    robust = plot.aggregate(runs, ci=0.95, n_boot=500)
+    np.testing.assert_allclose(robust.iqm, 1.5)  # the middle two of four; the mean would be 25.75
+    assert np.all(robust.low <= 1.5) and np.all(robust.high >= 1.5)
 
 
 def test_runs_group_by_method_and_health_averages_sites_per_network(tmp_path):
@@ -187,11 +194,11 @@ def test_segment_table_averages_each_segments_last_fifth_over_the_runs_that_comp
     table = plot.segment_table({"cbp": [full, stopped]})
     assert "| segment | friction | steps | runs | return | dead units %" in table
     first, second = table_rows(table)
-    assert first[:6] == ["0", "2", "100-600", "2", "750", "20.0 / 60.0"]  # stopped: 2 x 500
+    assert first[:6] == ["0", "2", "100-600", "2", "750 [500, 1000]", "20.0 / 60.0"]  # stopped: 2 x 500
     assert first[6:] == ["– / –", "– / –"]
     assert second[:5] == ["1", "0.5", "600-1k", "1", "1000"]  # the stopped run's partial segment is left out
     assert table_rows(plot.segment_table({"cbp": [stopped]}))[1][:5] == ["1 (partial)", "0.5", "600-700", "1", "1400"]
-    assert table_rows(plot.segment_table({"cbp": [full, other]}))[1][:5] == ["1", "–", "600-1k", "2", "2000"]
+    assert table_rows(plot.segment_table({"cbp": [full, other]}))[1][:5] == ["1", "–", "600-1k", "2", "2000 [1000, 3000]"]
 
 
 def test_cli_two_methods_two_seeds_writes_return_and_health_figures(tmp_path):
@@ -201,7 +208,7 @@ def test_cli_two_methods_two_seeds_writes_return_and_health_figures(tmp_path):
     result = run_cli(*dirs, "--out", str(out), "--bootstrap", "200", cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert files_under(out) == {out / "return.png", out / "health.png", out / "segments.md"}
+    assert files_under(out) == {out / name for name in ("return.png", "health.png", "segments.md", "summary.csv")}
     assert "### std" in (out / "segments.md").read_text() and "### cbp" in (out / "segments.md").read_text()
     assert str(out / "return.png") in result.stdout and str(out / "health.png") in result.stdout
     assert png_size(out / "return.png") == (1350, 720)  # 9 x 4.8 in at 150 dpi
@@ -216,9 +223,44 @@ def test_cli_single_run_defaults_to_its_plots_folder(tmp_path):
     result = run_cli(str(run), cwd=tmp_path)
 
     assert result.returncode == 0, result.stderr
-    assert files_under(run / "plots") == {run / "plots" / name for name in ("return.png", "health.png", "segments.md")}
+    assert files_under(run / "plots") == {run / "plots" / name for name in ("return.png", "health.png", "segments.md", "summary.csv")}
     assert png_size(run / "plots" / "return.png") == (1350, 720)
     assert (run / "plots" / "health.png").stat().st_size > 40_000
+
+
+def test_a_sweep_root_gives_one_set_of_figures_per_env_and_algorithm(tmp_path):
+    root = tmp_path / "sweep"
+    for method in ("std", "cbp"):
+        for seed in (0, 1):
+            write_run(root, f"SlipperyAnt-v0_ppo_{method}_s{seed}", method, seed)
+    write_run(root, "SlipperyHopper-v0_sac_cbp_s0", "cbp", 0, algo="sac", env_id="SlipperyHopper-v0")
+    out = tmp_path / "figures"
+
+    plot.main([str(root), "--out", str(out), "--bootstrap", "200"])
+
+    ant, hopper = out / "SlipperyAnt-v0_ppo", out / "SlipperyHopper-v0_sac"
+    assert {p.parent for p in files_under(out)} == {ant, hopper}
+    assert png_size(ant / "health.png") == (1800, 1080) and png_size(hopper / "return.png") == (1350, 720)
+    ant_table, hopper_table = (ant / "segments.md").read_text(), (hopper / "segments.md").read_text()
+    assert "### std" in ant_table and "### std" not in hopper_table
+    assert all(row[3] == "2" for row in table_rows(ant_table)) and all(row[3] == "1" for row in table_rows(hopper_table))
+
+
+def test_summary_csv_has_a_row_per_run_and_segment_with_each_networks_health(tmp_path):
+    full = plot.load_run(write_segment_run(tmp_path, "full", 1.0, n_logs=10))
+    stopped = plot.load_run(write_segment_run(tmp_path, "stopped", 2.0, n_logs=7))
+
+    path = plot.write_summary([full, stopped], tmp_path / "summary.csv")
+
+    with path.open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(r["run"], r["segment"], r["complete"]) for r in rows] == [
+        ("full", "0", "True"), ("full", "1", "True"), ("stopped", "0", "True"), ("stopped", "1", "False")]
+    assert list(rows[0])[:11] == ["env", "algo", "method", "seed", "run", "segment", "friction", "start", "end", "complete", "return"]
+    assert {"actor/dead_frac", "critic0/dead_frac", "critic1/dead_frac"} <= set(rows[0])
+    assert float(rows[0]["actor/dead_frac"]) == pytest.approx(0.2) and float(rows[0]["critic1/dead_frac"]) == pytest.approx(0.7)
+    assert [float(r["return"]) for r in rows] == [500.0, 1000.0, 1000.0, 1400.0]
+    assert rows[1]["friction"] == "0.5" and rows[1]["start"] == "600" and rows[1]["end"] == "1000"
 
 
 def test_run_without_health_tags_gives_only_the_return_figure(tmp_path, capsys):
@@ -226,7 +268,7 @@ def test_run_without_health_tags_gives_only_the_return_figure(tmp_path, capsys):
 
     plot.main([str(run), "--out", str(tmp_path / "out")])
 
-    assert files_under(tmp_path / "out") == {tmp_path / "out" / "return.png", tmp_path / "out" / "segments.md"}
+    assert files_under(tmp_path / "out") == {tmp_path / "out" / name for name in ("return.png", "segments.md", "summary.csv")}
     assert "health.png not written" in capsys.readouterr().out
 
 
