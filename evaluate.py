@@ -14,6 +14,7 @@ Usage::
     python evaluate.py runs/cbp_s0                                  # every checkpoint of the run
     python evaluate.py runs/cbp_s0/checkpoints/model_2000000_steps.zip --episodes 10 --health
     python evaluate.py model.zip --env SlipperyAnt --frictions 0.05 0.5 --out results
+    python evaluate.py runs/sweeps/sant --episodes 3    # every run of a sweep, each into its own folder
 """
 
 from __future__ import annotations
@@ -377,13 +378,14 @@ def _positive(kind: type, what: str) -> Callable[[str], Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = CLIParser(prog="evaluate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, metavar="RUN_DIR|CHECKPOINT",
-                        help="a run directory, or checkpoint zips of one run")
+                        help="a run directory, checkpoint zips of one run, or a sweep's root (each of its runs)")
     parser.add_argument("--frictions", nargs="+", type=_positive(float, "friction coefficient"), default=list(DEFAULT_FRICTIONS),
                         help="frictions to evaluate at, besides those the run trained on")
     parser.add_argument("--episodes", type=_positive(int, "number of episodes"), default=5,
                         help="deterministic episodes per friction")
     parser.add_argument("--health", action="store_true", help="also probe the unit health of every site on the visited states")
-    parser.add_argument("--out", type=Path, help="folder of evaluation.json/.csv (default: the run directory)")
+    parser.add_argument("--out", type=Path, help="folder of evaluation.json/.csv (default: the run directory; "
+                        "for a sweep's root, OUT/RUN_NAME)")
     parser.add_argument("--device", default="cpu", help="torch device of the models")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first episode; episode i uses seed + i")
     parser.add_argument("--max-episode-steps", type=_positive(int, "number of steps"), help="cap episodes at this many steps")
@@ -392,17 +394,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def sweep_runs(paths: Sequence[Path]) -> list[Path]:
+    """The run directories of a sweep's root (a folder without ``config.yaml`` whose subfolders have one); empty when
+    ``paths`` is anything else."""
+    if len(paths) != 1 or not paths[0].is_dir() or (paths[0] / "config.yaml").is_file():
+        return []
+    return sorted(p for p in paths[0].iterdir() if (p / "config.yaml").is_file())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"--device {args.device!r} is invalid ({err}): expected e.g. cpu or cuda")
+    runs = sweep_runs(args.paths)
+    for run_dir in runs:
+        print(f"== {run_dir}", flush=True)
+        evaluate_run(parser, args, [run_dir], args.out / run_dir.name if args.out else None)
+    if not runs:
+        evaluate_run(parser, args, args.paths, args.out)
+
+
+def evaluate_run(parser: argparse.ArgumentParser, args: argparse.Namespace, paths: Sequence[Path], out: Path | None) -> None:
+    """Evaluate the checkpoints of one run (``paths``) and write its outputs to ``out`` (default: the run directory)."""
     eval_envs: dict[float, gym.Env] = {}
     try:
-        try:
-            torch.device(args.device)
-        except RuntimeError as err:
-            raise InputError(f"--device {args.device!r} is invalid ({err}): expected e.g. cpu or cuda") from None
-        run = resolve_run(args.paths, args.env)
-        out = args.out or run.root
+        run = resolve_run(paths, args.env)
+        out = out or run.root
         if out.exists() and not out.is_dir():
             raise InputError(f"--out {out} is a file: expected a folder")
         trained = {round_friction(f) for f in trained_frictions(run)}

@@ -116,6 +116,19 @@ def test_run_dir_gives_a_curve_over_checkpoints_and_frictions(ppo_run: Path) -> 
     assert set(keys) <= set(rows[0])
 
 
+def test_a_sweep_root_evaluates_each_of_its_runs(ppo_run: Path, tmp_path: Path, capsys) -> None:
+    root = tmp_path / "sweep"
+    for name in ("SlipperyHopper-v0_ppo_cbp_s0", "SlipperyHopper-v0_ppo_cbp_s1"):
+        shutil.copytree(ppo_run, root / name, ignore=shutil.ignore_patterns("evaluation.*"))
+
+    evaluate.main([str(root), *FAST, "--out", str(tmp_path / "out")])
+
+    for name in ("SlipperyHopper-v0_ppo_cbp_s0", "SlipperyHopper-v0_ppo_cbp_s1"):
+        data = json.loads((tmp_path / "out" / name / "evaluation.json").read_text())
+        assert data["run_dir"].endswith(name) and {r["steps"] for r in data["records"]} == {128, 256}
+    assert capsys.readouterr().out.count("== ") == 2
+
+
 def test_one_checkpoint_sees_the_same_episodes(ppo_run: Path, tmp_path: Path) -> None:
     checkpoint = ppo_run / "checkpoints" / "model_128_steps.zip"
     out = tmp_path / "out"
