@@ -20,7 +20,7 @@ from typing import Any, Callable, Sequence
 
 from . import training
 from .checkpoints import list_checkpoints
-from .config import build_config, check_resumable, read_yaml
+from .config import Config, build_config, build_model, check_resumable, make_env, read_yaml
 from .run import PROGRESS_LINE
 
 GRID_KEYS = ("root", "envs", "algos", "methods", "seeds", "total_steps", "change_every", "set", "address",
@@ -174,12 +174,12 @@ def plan(grid: Grid) -> list[Run]:
     """Every run of the grid, seed by seed (so that a sweep stopped early has all methods of its first seeds), each
     checked as ``train.py`` would check it and against what its folder already holds; ``ValueError`` (naming the
     run) on the first problem, before anything is started or written."""
-    runs = []
+    runs, built = [], set()
     for seed in grid.seeds:
         for env in grid.envs:
             for algo in grid.algos:
                 for method in grid.methods[algo]:
-                    runs.append(_plan_run(grid, env, algo, method, seed))
+                    runs.append(_plan_run(grid, env, algo, method, seed, built))
     folders = [run.run_dir for run in runs]
     twice = next((f for f in folders if folders.count(f) > 1), None)
     if twice:
@@ -187,7 +187,7 @@ def plan(grid: Grid) -> list[Run]:
     return runs
 
 
-def _plan_run(grid: Grid, env: str, algo: str, method: str, seed: int) -> Run:
+def _plan_run(grid: Grid, env: str, algo: str, method: str, seed: int, built: set[str]) -> Run:
     shared = ["--env", env, "--seed", str(seed), "--threads", str(max(1, int(grid.cpus_per_run)))]
     if grid.total_steps is not None:
         shared += ["--total-steps", str(grid.total_steps)]
@@ -201,11 +201,30 @@ def _plan_run(grid: Grid, env: str, algo: str, method: str, seed: int) -> Run:
         config = training.resolve_config(training.parse_args([*shared, "--algo", algo, "--method", method])[1])
     except ValueError as error:
         raise ValueError(f"{label}: {error}") from None
+    _check_model(config, label, built)
     name = f"{config.env.id}_{config.algo}_{config.method}_s{config.seed}"
     run_dir = grid.root / name
     steps = _recorded_steps(run_dir, config, label)
     return Run(name, run_dir, (*shared, "--algo", algo, "--method", method, "--run-dir", str(run_dir)),
                (*shared, "--resume", str(run_dir)), config.total_steps, steps)
+
+
+def _check_model(config: Config, label: str, built: set[str]) -> None:
+    """Build the env and model of ``config`` as ``train.py`` will (SB3 checks some settings only then), once for all
+    configs that differ only in their seeds (``built`` holds those done)."""
+    unseeded = config.to_dict() | {"seed": None}
+    unseeded["env"] = unseeded["env"] | {"kwargs": unseeded["env"]["kwargs"] | {"schedule_seed": None}}
+    key = repr(unseeded)
+    if key in built:
+        return
+    env = make_env(config)
+    try:
+        build_model(config, env)
+    except ValueError as error:
+        raise ValueError(f"{label}: {error}") from None
+    finally:
+        env.close()
+    built.add(key)
 
 
 def _recorded_steps(run_dir: Path, config: Any, label: str) -> int:
@@ -254,15 +273,16 @@ def train_run(run: Run, board: Any, stop_file: Path) -> Outcome:
             return Outcome(run.name, "stopped", steps)
         if steps == 0 and run.run_dir.exists():
             shutil.rmtree(run.run_dir)  # started before (its settings are the grid's) but killed before a checkpoint
-        returncode, stopping = _train_process(run.resume_args if steps else run.start_args, run, log, board, stop_file, steps)
+        returncode, stopping, last_line = _train_process(run.resume_args if steps else run.start_args, run, log, board,
+                                                         stop_file, steps)
         steps = _checkpoint_steps(run.run_dir)
         if returncode == 0:
             return Outcome(run.name, "done", steps)
         if stopping:
             return Outcome(run.name, "stopped", steps)
         if returncode > 0:
-            return Outcome(run.name, "failed", steps, _last_line(log))
-    return Outcome(run.name, "failed", steps, f"train.py was killed {CRASH_RETRIES + 1} times; last: {_last_line(log)}")
+            return Outcome(run.name, "failed", steps, last_line)
+    return Outcome(run.name, "failed", steps, f"train.py was killed {CRASH_RETRIES + 1} times; last: {last_line}")
 
 
 def _checkpoint_steps(run_dir: Path) -> int:
@@ -271,13 +291,15 @@ def _checkpoint_steps(run_dir: Path) -> int:
     return checkpoints[-1].steps if checkpoints else 0
 
 
-def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, stop_file: Path, steps: int) -> tuple[int, bool]:
+def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, stop_file: Path,
+                   steps: int) -> tuple[int, bool, str]:
     """One ``train.py`` process: its output into ``log``, its progress to ``board``, SIGTERM to it once ``stop_file``
-    exists. Returns its exit status (negative: killed by that signal) and whether the sweep is stopping."""
+    exists. Returns its exit status (negative: killed by that signal), whether the sweep is stopping and the last
+    line it printed."""
     command = [sys.executable, "-m", "agents.training", *args]
     process = subprocess.Popen(command, cwd=run.run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
-    progress = {"steps": steps}
+    progress: dict[str, Any] = {"steps": steps, "last": "train.py printed nothing"}
     reader = threading.Thread(target=_copy_output, args=(process, run, log, command, progress), daemon=True)
     reader.start()
     stopping = False
@@ -288,21 +310,26 @@ def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, stop_fi
             process.send_signal(signal.SIGTERM)  # train.py checkpoints at the next rollout start and exits
         reader.join(timeout=1.0)
     reader.join()
-    if process.returncode < 0 and log.parent.is_dir():
-        with log.open("a") as out:
-            out.write(f"# train.py was ended by signal {-process.returncode}\n")
+    if process.returncode < 0:
+        progress["last"] = f"train.py was ended by signal {-process.returncode}"
+        if log.parent.is_dir():
+            with log.open("a") as out:
+                out.write(f"# {progress['last']}\n")
     _report(board, run.name, progress["steps"])
-    return process.returncode, stopping or stop_file.exists()
+    return process.returncode, stopping or stop_file.exists(), progress["last"]
 
 
 def _copy_output(process: subprocess.Popen, run: Run, log: Path, command: list[str], progress: dict) -> None:
-    """Append ``process``'s output to ``log`` and keep the step of its last progress line in ``progress``. A new run's
-    lines wait until ``train.py`` has written its ``config.yaml`` (it refuses a folder that is not empty)."""
+    """Append ``process``'s output to ``log``, keeping in ``progress`` the step of its last progress line and its last
+    line. A new run's lines wait until ``train.py`` has written its ``config.yaml`` (it refuses a folder that is not
+    empty); those of a run that fails before are only in ``progress``."""
     held = [f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n"]
     out = None
     for line in process.stdout:
         if match := PROGRESS_LINE.match(line):
             progress["steps"] = int(match["steps"].replace(",", ""))
+        if line.strip():
+            progress["last"] = line.strip()
         held.append(line)
         if out is None and (run.run_dir / "config.yaml").is_file():
             out = log.open("a")
@@ -310,9 +337,6 @@ def _copy_output(process: subprocess.Popen, run: Run, log: Path, command: list[s
             out.writelines(held)
             out.flush()
             held.clear()
-    if out is None and run.run_dir.is_dir():
-        out = log.open("a")
-        out.writelines(held)
     if out is not None:
         out.close()
 
@@ -333,14 +357,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass  # not Linux: an orphaned train.py may run on; the retry's resume then races it
-
-
-def _last_line(log: Path) -> str:
-    try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
-    except OSError:
-        return "train.py wrote no log"
-    return lines[-1] if lines else "train.py printed nothing"
 
 
 class Board:
@@ -487,11 +503,14 @@ class Progress:
     def ended(self, outcome: Outcome) -> None:
         self.status[outcome.name] = outcome.status
         self.steps[outcome.name] = max(self.steps[outcome.name], outcome.steps)
-        run = self.runs[outcome.name]
         if outcome.status == "failed":
-            self.line(f"failed {outcome.name} at step {outcome.steps:,}: {outcome.message} (log: {run.run_dir / 'train.log'})")
+            self.line(f"failed {outcome.name} at step {outcome.steps:,}: {outcome.message}{self._log(outcome.name)}")
         else:
             self.line(f"{outcome.status} {outcome.name} at step {outcome.steps:,}")
+
+    def _log(self, name: str) -> str:
+        log = self.runs[name].run_dir / "train.log"
+        return f" (log: {log})" if log.is_file() else " (it failed before writing its run directory)"
 
     def _done_steps(self) -> int:
         return sum(min(self.steps[name], run.total_steps) for name, run in self.runs.items())
@@ -530,7 +549,7 @@ class Progress:
         self.line(self.summary())
         failed = [o for o in outcomes if o.status == "failed"]
         for outcome in failed:
-            self.line(f"failed: {outcome.name}: {outcome.message} (log: {self.runs[outcome.name].run_dir / 'train.log'})")
+            self.line(f"failed: {outcome.name}: {outcome.message}{self._log(outcome.name)}")
         if stopped_by is not None:
             self.line(f"stopped by signal {stopped_by}; continue with: {command}")
             return 128 + stopped_by

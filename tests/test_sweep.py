@@ -3,6 +3,7 @@
 Ray is kept on the loopback address (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) and without its token authentication
 (``RAY_AUTH_MODE=disabled``), which would refuse a driver joining a head started here."""
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -154,6 +155,7 @@ def test_a_sweep_runs_on_a_cluster_given_by_address(tmp_path):
     (["--methods", "std", "--set", "policy.widths=5"], "config key 'policy.widths' is unknown"),
     (["--methods", "std", "--env", "SlipperyMoon"], "env 'SlipperyMoon' is invalid"),
     (["--methods", "std", "--cpus-per-run", "0"], "sweep key 'cpus_per_run'=0.0 is invalid"),
+    (["--methods", "std", "--set", "algo_kwargs.batch_size=1"], "the ppo settings are invalid"),  # SB3's own check
 ])
 def test_a_bad_grid_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, args, message):
     root = tmp_path / "sweep"
@@ -199,3 +201,35 @@ def test_seed_ranges():
     assert parse_seeds(4) == [4]
     with pytest.raises(ValueError, match="expected at least one seed|invalid"):
         parse_seeds("")
+
+
+class Board:
+    """Stands in for the Ray actor: records the reports."""
+
+    def __init__(self):
+        self.reports = []
+        self.report = self
+
+    def remote(self, name, steps):
+        self.reports.append((name, steps))
+
+
+def test_a_run_that_fails_reports_its_last_line_and_the_sweep_exits_1(tmp_path):
+    from agents.sweep import Progress, train_run
+
+    grid = build_grid(dict(root=str(tmp_path), envs="SlipperyHopper", methods="std", seeds="0", total_steps=256))
+    run = plan(grid)[0]
+    bad_args = (*run.start_args, "--set", "algo_kwargs.batch_size=1")  # one the sweep's plan would have refused
+    run = dataclasses.replace(run, start_args=bad_args)
+    board = Board()
+
+    outcome = train_run(run, board, tmp_path / ".sweep_stop")
+
+    assert outcome.status == "failed" and outcome.message.startswith("train.py: error: the ppo settings are invalid")
+    assert board.reports[0] == (run.name, 0) and not run.run_dir.exists()  # train.py refused it before writing
+    lines = []
+    view = Progress([run], out=None)
+    view.line = lines.append
+    view.ended(outcome)
+    assert view.report([outcome], None, "python sweep.py ...") == 1
+    assert f"failed: {run.name}: {outcome.message} (it failed before writing its run directory)" in lines
