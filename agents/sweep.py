@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import yaml
+
 from . import training
 from .checkpoints import list_checkpoints
 from .config import Config, build_config, build_model, check_resumable, make_env, read_yaml
@@ -111,7 +113,7 @@ def _per_algo(key: str, value: Any, algos: Sequence[str], read: Callable[[str, A
     unknown = [algo for algo in value if algo not in algos]
     if unknown:
         raise ValueError(f"sweep key '{key}.{unknown[0]}' names an algorithm outside the grid: expected one of {', '.join(algos)}")
-    return {algo: read(f"{key}.{algo}", value.get(algo, [])) if value.get(algo) is not None else [] for algo in algos}
+    return {algo: read(f"{key}.{algo}", value[algo]) if value.get(algo) is not None else [] for algo in algos}
 
 
 def _assignments(key: str, value: Any) -> list[str]:
@@ -124,8 +126,6 @@ def _assignments(key: str, value: Any) -> list[str]:
 
 
 def _yaml_value(value: Any) -> str:
-    import yaml
-
     return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
 
 
@@ -149,6 +149,10 @@ def build_grid(data: dict[str, Any], extra_sets: Sequence[str] = ()) -> Grid:
         if data.get(key) is None:
             raise ValueError(f"the sweep has no {key}: pass --{key} or set {key}: in the sweep file")
     algos = _names("algos", data.get("algos") or ["ppo"])
+    methods = _per_algo("methods", data["methods"], algos, _names)
+    missing = [algo for algo in algos if not methods[algo]]
+    if missing:
+        raise ValueError(f"sweep key 'methods' names no method for {missing[0]}: expected a list for each of {', '.join(algos)}")
     address = data.get("address")
     if address is not None and not isinstance(address, str):
         raise ValueError(f"sweep key 'address'={address!r} is invalid: expected auto, HOST:PORT or ray://HOST:PORT")
@@ -156,7 +160,7 @@ def build_grid(data: dict[str, Any], extra_sets: Sequence[str] = ()) -> Grid:
         root=Path(str(data["root"])).resolve(),
         envs=_names("envs", data["envs"]),
         algos=algos,
-        methods=_per_algo("methods", data["methods"], algos, _names),
+        methods=methods,
         seeds=parse_seeds(data["seeds"]),
         total_steps=_number("total_steps", data.get("total_steps"), int),
         change_every=_number("change_every", data.get("change_every"), int),
@@ -249,7 +253,7 @@ def _recorded_steps(run_dir: Path, config: Any, label: str) -> int:
 
 @dataclass
 class Outcome:
-    """How a run's task ended: ``done``, ``stopped`` (by the sweep's stop) or ``failed`` (with the log's last line)."""
+    """How a run's task ended: ``done``, ``stopped`` (by the sweep's stop) or ``failed`` (with train.py's last line)."""
 
     name: str
     status: str
@@ -298,7 +302,7 @@ def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, stop_fi
     line it printed."""
     command = [sys.executable, "-m", "agents.training", *args]
     process = subprocess.Popen(command, cwd=run.run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
+                               text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent())
     progress: dict[str, Any] = {"steps": steps, "last": "train.py printed nothing"}
     reader = threading.Thread(target=_copy_output, args=(process, run, log, command, progress), daemon=True)
     reader.start()
@@ -351,12 +355,15 @@ def _report(board: Any, name: str, steps: int) -> None:
         pass  # the view misses a report; the run goes on
 
 
-def _die_with_parent() -> None:
-    """In the child: receive SIGKILL when the worker that started it dies, so a retried task never runs beside it."""
+def _die_with_parent() -> Callable[[], None] | None:
+    """For ``Popen``'s ``preexec_fn``: the child receives SIGKILL when the worker that started it dies, so a retried
+    task never trains beside it (Linux; ``None`` elsewhere). libc is loaded here, in the parent: the child, forked from
+    a threaded worker, only makes the call."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except OSError:
-        pass  # not Linux: an orphaned train.py may run on; the retry's resume then races it
+        return None
+    return lambda: prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class Board:
@@ -528,16 +535,18 @@ class Progress:
                 + f" | {done:,} of {total:,} steps ({100 * done / max(total, 1):.1f}%) | {rate:,.0f} steps/s | ETA {eta}")
 
     def _table(self) -> Any:
+        from rich.console import Group
         from rich.table import Table
+        from rich.text import Text
 
-        table = Table(title=self.summary(), title_justify="left", box=None, pad_edge=False)
+        table = Table(box=None, pad_edge=False)
         for column in ("run", "status", "steps", "%"):
             table.add_column(column, justify="right" if column in ("steps", "%") else "left")
         for name, status in self.status.items():
             if status in ("running", "failed", "stopped"):
                 total = self.runs[name].total_steps
                 table.add_row(name, status, f"{self.steps[name]:,} / {total:,}", f"{100 * self.steps[name] / total:.0f}")
-        return table
+        return Group(Text(self.summary()), table)
 
     def close(self) -> None:
         if self.live is not None:
