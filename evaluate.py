@@ -37,11 +37,11 @@ from stable_baselines3.common.policies import ActorCriticPolicy
 from stable_baselines3.common.save_util import json_to_data
 from stable_baselines3.sac.policies import SACPolicy
 
-import agents  # noqa: F401  (the CBP policy classes the checkpoints refer to)
+import agents  # the CBP policy classes the checkpoints refer to
 from agents.callbacks import evenly_spaced
 from agents.evaluation import fixed_friction_env, run_episodes
 from agents.config import ALGORITHMS
-from agents.run import CLIParser
+from agents.run import CLIParser, sweep_run_dirs
 import envs  # registers the Slippery* ids
 from cbp_rl import probe
 
@@ -394,14 +394,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def sweep_runs(paths: Sequence[Path]) -> list[Path]:
-    """The run directories of a sweep's root (a folder without ``config.yaml`` whose subfolders have one); empty when
-    ``paths`` is anything else."""
-    if len(paths) != 1 or not paths[0].is_dir() or (paths[0] / "config.yaml").is_file():
-        return []
-    return sorted(p for p in paths[0].iterdir() if (p / "config.yaml").is_file())
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -409,8 +401,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         torch.device(args.device)
     except RuntimeError as err:
         parser.error(f"--device {args.device!r} is invalid ({err}): expected e.g. cpu or cuda")
-    runs = sweep_runs(args.paths)
+    runs = sweep_run_dirs(args.paths[0]) if len(args.paths) == 1 else []
     for run_dir in runs:
+        if not agents.list_checkpoints(run_dir / "checkpoints"):
+            print(f"note: {run_dir} has no complete checkpoint yet; left out", flush=True)
+            continue
         print(f"== {run_dir}", flush=True)
         evaluate_run(parser, args, [run_dir], args.out / run_dir.name if args.out else None)
     if not runs:

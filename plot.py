@@ -49,13 +49,14 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 import scipy.stats
 import yaml
-from rliable import library as rly
 from tensorboard.backend.event_processing import event_accumulator as ea
 
 from agents import list_checkpoints
+from agents.run import sweep_run_dirs
 
 try:
     import matplotlib
+    from rliable import library as rly
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -659,11 +660,14 @@ def group_by_context(runs: Sequence[Run]) -> dict[str, list[Run]]:
 
 
 def expand_run_dirs(paths: Sequence[str]) -> list[str]:
-    """Each path, or for a folder without a ``config.yaml`` whose subfolders have one (a sweep's root), those."""
+    """Each path, or for a sweep's root its run directories that have logged events (the others are noted)."""
     expanded = []
     for path in map(Path, paths):
-        runs = sorted(p for p in path.iterdir() if (p / "config.yaml").is_file()) if path.is_dir() else []
-        expanded += [str(p) for p in runs] if runs and not (path / "config.yaml").is_file() else [str(path)]
+        runs = sweep_run_dirs(path)
+        for run in runs:
+            if not event_files(run):
+                print(f"note: {run} has no TensorBoard events yet; left out")
+        expanded += [str(run) for run in runs if event_files(run)] if runs else [str(path)]
     return expanded
 
 
@@ -694,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.bootstrap < 1:
         parser.error(f"--bootstrap must be >= 1 resamples, got {args.bootstrap}")
     if plt is None:
-        parser.error("matplotlib is not installed; install the plot extra: pip install -e '.[plot]'")
+        parser.error("matplotlib or rliable is not installed; install the plot extra: pip install -e '.[plot]'")
     run_dirs = expand_run_dirs(args.run_dirs)
     try:
         runs = load_runs(run_dirs)

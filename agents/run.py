@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import platform
 import re
 import signal
@@ -101,21 +102,37 @@ class ProgressLines(BaseCallback):
         self.last_time = now = time.monotonic()
         rate = (self.num_timesteps - self.start_step) / max(now - self.start_time, 1e-9)
         left = max(self.total_steps - self.num_timesteps, 0)
-        eta = time.strftime("%H:%M:%S", time.gmtime(left / rate)) if rate > 0 else "?"
+        eta = format_duration(left / rate) if rate > 0 else "?"
         episodes = self.model.ep_info_buffer
         mean_return = f"{safe_mean([e['r'] for e in episodes]):.1f}" if episodes else "-"
         print(f"progress: {self.num_timesteps:,} of {self.total_steps:,} steps ({100 * self.num_timesteps / self.total_steps:.1f}%), "
               f"{rate:,.0f} steps/s, ETA {eta}, mean return {mean_return}", flush=True)
 
 
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS``, with ``Nd`` in front from a day on."""
+    minutes, second = divmod(round(seconds), 60)
+    hours, minute = divmod(minutes, 60)
+    days, hour = divmod(hours, 24)
+    return f"{days}d {hour:02}:{minute:02}:{second:02}" if days else f"{hour}:{minute:02}:{second:02}"
+
+
 PROGRESS_LINE = re.compile(r"^progress: (?P<steps>[\d,]+) of (?P<total>[\d,]+) steps")
 """Matches a `ProgressLines` line; ``steps`` and ``total`` carry thousands separators."""
+
+
+def sweep_run_dirs(path: Path) -> list[Path]:
+    """The run directories in a sweep's root (a folder without ``config.yaml`` whose subfolders have one), sorted;
+    empty for anything else, a run directory included."""
+    if not path.is_dir() or (path / "config.yaml").is_file():
+        return []
+    return sorted(p for p in path.iterdir() if (p / "config.yaml").is_file())
 
 
 def write_run_files(run_dir: Path, config: Config, resumed_from: Checkpoint | None) -> None:
     """``config.yaml`` (fully resolved) and ``metadata.json`` (command, seed, commit, versions; appended on resume)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    _write_atomically(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     path = run_dir / "metadata.json"
     record = {
         "command": sys.argv,
@@ -128,7 +145,14 @@ def write_run_files(run_dir: Path, config: Config, resumed_from: Checkpoint | No
         "resumed_from": str(resumed_from.model) if resumed_from else None,
     }
     history = json.loads(path.read_text()) if resumed_from and path.exists() else []
-    path.write_text(json.dumps(history + [record], indent=1))
+    _write_atomically(path, json.dumps(history + [record], indent=1))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so that a run killed meanwhile leaves the old file whole."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
 
 
 def _version(package: str) -> str | None:

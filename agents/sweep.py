@@ -6,24 +6,28 @@ grid cells start, and a larger ``total_steps`` extends every run. Ray is importe
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
+import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import yaml
 
 from . import training
 from .checkpoints import list_checkpoints
-from .config import Config, build_config, build_model, check_resumable, make_env, read_yaml
-from .run import PROGRESS_LINE
+from .config import ALGORITHMS, Config, build_config, build_model, check_resumable, make_env, read_yaml
+from .run import PROGRESS_LINE, format_duration
 
 GRID_KEYS = ("root", "envs", "algos", "methods", "seeds", "total_steps", "change_every", "set", "address",
              "cpus_per_run", "max_concurrent")
@@ -31,6 +35,14 @@ GRID_KEYS = ("root", "envs", "algos", "methods", "seeds", "total_steps", "change
 
 CRASH_RETRIES = 3
 """How often a run whose ``train.py`` was killed (``kill -9``, the OOM killer) is resumed before it counts as failed."""
+
+SIGNALLED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+"""``train.py``'s exit statuses after it checkpointed on a signal; one that the sweep did not send counts as a kill."""
+
+TRAIN_SCRIPT = Path(training.__file__).resolve().parents[1] / "train.py"
+
+LOCK_FILE = ".sweep.lock"
+"""Held (``flock``) in the sweep's root by the sweep that trains its runs."""
 
 STOP_FILE = ".sweep_stop"
 """Written into the sweep's root when it is asked to stop: every task then stops its ``train.py`` (the root is shared
@@ -107,12 +119,10 @@ def _names(key: str, value: Any) -> list[str]:
 
 
 def _per_algo(key: str, value: Any, algos: Sequence[str], read: Callable[[str, Any], list[str]]) -> dict[str, list[str]]:
-    """``value`` for every algorithm, or a mapping ``{algo: value}`` with a value for each of ``algos``."""
-    if not isinstance(value, dict):
+    """``value`` for every algorithm, or from a mapping ``{algo: value}`` (its keys all algorithm names) each grid
+    algorithm's own (none if it has no entry); entries of algorithms outside the grid (``--algo``) are left out."""
+    if not (isinstance(value, dict) and value and all(name in ALGORITHMS for name in value)):
         return {algo: read(key, value) for algo in algos}
-    unknown = [algo for algo in value if algo not in algos]
-    if unknown:
-        raise ValueError(f"sweep key '{key}.{unknown[0]}' names an algorithm outside the grid: expected one of {', '.join(algos)}")
     return {algo: read(f"{key}.{algo}", value[algo]) if value.get(algo) is not None else [] for algo in algos}
 
 
@@ -156,6 +166,9 @@ def build_grid(data: dict[str, Any], extra_sets: Sequence[str] = ()) -> Grid:
     address = data.get("address")
     if address is not None and not isinstance(address, str):
         raise ValueError(f"sweep key 'address'={address!r} is invalid: expected auto, HOST:PORT or ray://HOST:PORT")
+    cpus_per_run = _number("cpus_per_run", data.get("cpus_per_run", 1), float, optional=False)
+    if address is None and cpus_per_run > (os.cpu_count() or 1):
+        raise ValueError(f"sweep key 'cpus_per_run'={cpus_per_run:g} is invalid: this machine has {os.cpu_count()} CPUs")
     return Grid(
         root=Path(str(data["root"])).resolve(),
         envs=_names("envs", data["envs"]),
@@ -166,7 +179,7 @@ def build_grid(data: dict[str, Any], extra_sets: Sequence[str] = ()) -> Grid:
         change_every=_number("change_every", data.get("change_every"), int),
         sets={algo: [*sets, *extra_sets] for algo, sets in _per_algo("set", data.get("set") or [], algos, _assignments).items()},
         address=address,
-        cpus_per_run=_number("cpus_per_run", data.get("cpus_per_run", 1), float, optional=False),
+        cpus_per_run=cpus_per_run,
         max_concurrent=_number("max_concurrent", data.get("max_concurrent"), int),
     )
 
@@ -272,9 +285,9 @@ def train_run(run: Run, board: Any, stop_file: Path) -> Outcome:
         steps = _checkpoint_steps(run.run_dir)
         if steps >= run.total_steps:
             return Outcome(run.name, "done", steps)
-        _report(board, run.name, steps)
         if stop_file.exists():
             return Outcome(run.name, "stopped", steps)
+        _report(board, run.name, steps)
         if steps == 0 and run.run_dir.exists():
             shutil.rmtree(run.run_dir)  # started before (its settings are the grid's) but killed before a checkpoint
         returncode, stopping, last_line = _train_process(run.resume_args if steps else run.start_args, run, log, board,
@@ -284,9 +297,9 @@ def train_run(run: Run, board: Any, stop_file: Path) -> Outcome:
             return Outcome(run.name, "done", steps)
         if stopping:
             return Outcome(run.name, "stopped", steps)
-        if returncode > 0:
+        if returncode > 0 and returncode not in SIGNALLED:
             return Outcome(run.name, "failed", steps, last_line)
-    return Outcome(run.name, "failed", steps, f"train.py was killed {CRASH_RETRIES + 1} times; last: {last_line}")
+    return Outcome(run.name, "failed", steps, f"train.py ended unfinished {CRASH_RETRIES + 1} times; last: {last_line}")
 
 
 def _checkpoint_steps(run_dir: Path) -> int:
@@ -300,9 +313,10 @@ def _train_process(args: Sequence[str], run: Run, log: Path, board: Any, stop_fi
     """One ``train.py`` process: its output into ``log``, its progress to ``board``, SIGTERM to it once ``stop_file``
     exists. Returns its exit status (negative: killed by that signal), whether the sweep is stopping and the last
     line it printed."""
-    command = [sys.executable, "-m", "agents.training", *args]
+    command = [sys.executable, str(TRAIN_SCRIPT), *args]
     process = subprocess.Popen(command, cwd=run.run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent())
+                               env=os.environ | {"PYTHONUNBUFFERED": "1"}, text=True, bufsize=1,
+                               start_new_session=True, preexec_fn=_die_with_parent())
     progress: dict[str, Any] = {"steps": steps, "last": "train.py printed nothing"}
     reader = threading.Thread(target=_copy_output, args=(process, run, log, command, progress), daemon=True)
     reader.start()
@@ -386,27 +400,48 @@ def run_sweep(grid: Grid, command: str, out: Any = None) -> int:
     """Train every unfinished run of ``grid`` as a Ray task and follow them until all have ended, or a signal stopped
     the sweep (SIGINT/SIGTERM: every running run checkpoints; a second signal leaves at once). ``command`` is what
     continues it. Exit status: 0 when all runs are done, 1 when some failed, 128 + the signal when stopped."""
+    out = out or sys.stdout
     runs = plan(grid)
-    view = Progress(runs, out or sys.stdout)
     todo = [run for run in runs if not run.done]
     if not todo:
-        view.line(f"all {len(runs)} runs are at their total steps: nothing to do")
+        print(f"all {len(runs)} runs are at their total steps: nothing to do", file=out, flush=True)
         return 0
-    view.line(f"{len(todo)} of {len(runs)} runs to train under {grid.root}")
     import ray
 
-    connect(grid.address)
-    try:
-        outcomes, stopped_by = _follow(ray, grid, todo, view)
-    finally:
-        view.close()
-        ray.shutdown()
+    with _root_lock(grid.root):
+        connect(grid.address, grid.cpus_per_run)
+        print(f"{len(todo)} of {len(runs)} runs to train under {grid.root}", file=out, flush=True)
+        view = Progress(runs, out)
+        try:
+            outcomes, stopped_by = _follow(ray, grid, todo, view)
+        finally:
+            view.close()
+            ray.shutdown()
     return view.report(outcomes, stopped_by, command)
 
 
-def connect(address: str | None) -> None:
+@contextlib.contextmanager
+def _root_lock(root: Path) -> Iterator[None]:
+    """Hold ``{root}/.sweep.lock`` while the sweep runs; ``ValueError`` if another sweep holds it (two would train the
+    same runs side by side)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / LOCK_FILE).open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            raise ValueError(f"another sweep is running on {str(root)!r} ({lock.read().strip() or 'its lock is held'}): "
+                             "stop it first, or let it finish") from None
+        lock.truncate(0)
+        lock.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock.flush()
+        yield
+
+
+def connect(address: str | None, cpus_per_run: float = 1) -> None:
     """Join the Ray cluster at ``address`` (``auto``, ``HOST:PORT``, ``ray://HOST:PORT``), or start a local instance
-    sized to this machine, without the dashboard (even where ``ray start`` left a cluster that Ray would join)."""
+    sized to this machine, without the dashboard (even where ``ray start`` left a cluster that Ray would join).
+    ``ValueError`` if that fails; a warning if no node of the cluster has ``cpus_per_run`` CPUs."""
     import logging
 
     import ray
@@ -417,27 +452,34 @@ def connect(address: str | None) -> None:
     except (ConnectionError, ValueError, RuntimeError) as error:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
         raise ValueError(f"cannot reach {where}: {' '.join(str(error).split())[:300]}") from None
+    largest = max((node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]), default=0)
+    if cpus_per_run > largest:
+        print(f"warning: --cpus-per-run {cpus_per_run:g} is more than any node of the cluster has ({largest:g} CPUs); "
+              "the runs wait until a node that large joins", file=sys.stderr)
+
+
+class _LeaveNow(Exception):
+    """A second SIGINT/SIGTERM: the sweep leaves without waiting for its runs."""
 
 
 def _follow(ray: Any, grid: Grid, todo: list[Run], view: Progress) -> tuple[list[Outcome], int | None]:
+    """Submit the runs (at most ``max_concurrent`` at a time), follow them, and on a signal ask them to stop."""
     task = ray.remote(train_run).options(num_cpus=grid.cpus_per_run, max_retries=CRASH_RETRIES, retry_exceptions=False)
-    board = ray.remote(num_cpus=0)(Board).remote()
-    grid.root.mkdir(parents=True, exist_ok=True)
+    board = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(Board).remote()
     stop_file = grid.root / STOP_FILE
     stop_file.unlink(missing_ok=True)
     signals: list[int] = []
 
     def on_signal(number: int, frame: Any) -> None:
-        if signals:
-            raise KeyboardInterrupt
         signals.append(number)
+        if len(signals) > 1:
+            raise _LeaveNow
 
     previous = {number: signal.signal(number, on_signal) for number in (signal.SIGINT, signal.SIGTERM)}
-    queue, active, outcomes, stopping = list(todo), {}, [], False
+    queue, active, outcomes = list(todo), {}, []
     try:
         while queue or active:
-            if signals and not stopping:
-                stopping = True
+            if signals and not stop_file.exists():
                 queue.clear()
                 stop_file.touch()
                 view.line(f"signal {signals[0]}: the running runs checkpoint and stop (a second signal leaves at once)")
@@ -448,12 +490,21 @@ def _follow(ray: Any, grid: Grid, todo: list[Run], view: Progress) -> tuple[list
             for ref in ready:
                 outcomes.append(_outcome(ray, ref, active.pop(ref), view))
                 view.ended(outcomes[-1])
-            view.update(ray.get(board.snapshot.remote()))
+            try:
+                view.update(ray.get(board.snapshot.remote(), timeout=30))
+            except ray.exceptions.RayError:
+                pass  # the board restarts; its reports come again
+    except _LeaveNow:
+        view.line(f"signal {signals[-1]}: leaving now; the running runs lose what they did since their last checkpoint")
+    except BaseException:
+        stop_file.touch()  # the sweep fails: let its runs checkpoint before Ray goes down with it
+        ray.wait(list(active), num_returns=len(active), timeout=600)
+        raise
     finally:
         stop_file.unlink(missing_ok=True)
         for number, handler in previous.items():
             signal.signal(number, handler)
-    return outcomes, signals[0] if signals else None
+    return outcomes, signals[-1] if signals else None
 
 
 def _outcome(ray: Any, ref: Any, run: Run, view: Progress) -> Outcome:
@@ -494,7 +545,7 @@ class Progress:
 
     def update(self, reported: dict[str, int]) -> None:
         for name, steps in reported.items():
-            self.steps[name] = steps
+            self.steps[name] = max(self.steps[name], steps)  # a resumed run restarts from its checkpoint
             if self.status[name] == "waiting":
                 self.status[name] = "running"
                 if self.live is None:
@@ -530,7 +581,7 @@ class Progress:
         done = self._done_steps()
         (t0, s0), (t1, s1) = (self.history[0], self.history[-1]) if self.history else ((0.0, 0), (0.0, 0))
         rate = (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
-        eta = time.strftime("%H:%M:%S", time.gmtime((total - done) / rate)) if rate > 0 else "?"
+        eta = format_duration((total - done) / rate) if rate > 0 else "?"
         return (", ".join(f"{n} {status}" for status, n in counts.items())
                 + f" | {done:,} of {total:,} steps ({100 * done / max(total, 1):.1f}%) | {rate:,.0f} steps/s | ETA {eta}")
 

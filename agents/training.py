@@ -105,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = latest_checkpoint(run_dir) if args.resume else None
         env = make_env(config)
         callbacks, saver, stop = make_callbacks(config, run_dir)
+        stop.install()
         model = load_checkpoint(config, checkpoint, env, saver) if checkpoint else build_model(config, env)
     except ValueError as error:
         parser.error(str(error))
+    if stop.signal_number is not None:
+        print(f"stopped by signal {stop.signal_number} before training began; nothing was written")
+        return 128 + stop.signal_number
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     if args.overwrite and run_dir.exists():
@@ -121,7 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     resumed = (checkpoint.steps, checkpoint.load_run_state().get("pending_records")) if checkpoint else (None, None)
     model.set_logger(tensorboard_logger(run_dir, *resumed))
-    stop.install()
     bar = sys.stdout.isatty()
     callbacks = callbacks if bar else [callbacks, ProgressLines(config.total_steps, args.progress_every)]
     model.learn(remaining, callback=callbacks, progress_bar=bar, reset_num_timesteps=checkpoint is None)

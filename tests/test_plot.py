@@ -228,15 +228,19 @@ def test_cli_single_run_defaults_to_its_plots_folder(tmp_path):
     assert (run / "plots" / "health.png").stat().st_size > 40_000
 
 
-def test_a_sweep_root_gives_one_set_of_figures_per_env_and_algorithm(tmp_path):
+def test_a_sweep_root_gives_one_set_of_figures_per_env_and_algorithm(tmp_path, capsys):
     root = tmp_path / "sweep"
     for method in ("std", "cbp"):
         for seed in (0, 1):
             write_run(root, f"SlipperyAnt-v0_ppo_{method}_s{seed}", method, seed)
     write_run(root, "SlipperyHopper-v0_sac_cbp_s0", "cbp", 0, algo="sac", env_id="SlipperyHopper-v0")
+    (root / "SlipperyAnt-v0_ppo_cbp_s2").mkdir()
+    (root / "SlipperyAnt-v0_ppo_cbp_s2" / "config.yaml").write_text("algo: ppo\n")  # started, nothing logged yet
     out = tmp_path / "figures"
 
     plot.main([str(root), "--out", str(out), "--bootstrap", "200"])
+
+    assert f"note: {root / 'SlipperyAnt-v0_ppo_cbp_s2'} has no TensorBoard events yet; left out" in capsys.readouterr().out
 
     ant, hopper = out / "SlipperyAnt-v0_ppo", out / "SlipperyHopper-v0_sac"
     assert {p.parent for p in files_under(out)} == {ant, hopper}

@@ -4,6 +4,7 @@ Ray is kept on the loopback address (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``) an
 (``RAY_AUTH_MODE=disabled``), which would refuse a driver joining a head started here."""
 
 import dataclasses
+import fcntl
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import sweep
 from agents import list_checkpoints
+from agents.run import format_duration
 from agents.sweep import build_grid, parse_seeds, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +50,7 @@ def train_processes(run_dir):
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"agents.training" in argv and str(run_dir).encode() in argv:
+        if any(arg.endswith(b"train.py") for arg in argv) and str(run_dir).encode() in argv:
             found.append(int(proc.name))
     return found
 
@@ -75,7 +77,7 @@ def test_sweep_runs_the_grid_reruns_nothing_and_extends_every_run_through_a_kill
     grid = ["--methods", "std,cbp", "--seeds", "0-1", "--root", root, *TINY]
     result = run_sweep(*grid, "--total-steps", 512)
     assert result.returncode == 0, result.stdout + result.stderr
-    runs = sorted(root.iterdir())
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
     assert [r.name for r in runs] == [f"SlipperyHopper-v0_ppo_{m}_s{s}" for m in ("cbp", "std") for s in (0, 1)]
     for run in runs:
         assert newest_steps(run) >= 512 and (run / "config.yaml").is_file() and (run / "metadata.json").is_file()
@@ -88,13 +90,14 @@ def test_sweep_runs_the_grid_reruns_nothing_and_extends_every_run_through_a_kill
     assert files(root) == before
 
     victim = root / "SlipperyHopper-v0_ppo_cbp_s1"
-    process = subprocess.Popen([sys.executable, "sweep.py", *map(str, grid), "--total-steps", "4096"], cwd=ROOT, env=RAY_ENV,
+    process = subprocess.Popen([sys.executable, "sweep.py", *map(str, grid), "--total-steps", "4096", "--max-concurrent", "2"],
+                               cwd=ROOT, env=RAY_ENV,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline, concurrent = time.monotonic() + 300, 0
     while newest_steps(victim) < 1536 and time.monotonic() < deadline and process.poll() is None:
         concurrent = max(concurrent, sum(len(train_processes(run)) for run in runs))
         time.sleep(0.2)
-    assert concurrent == 2  # one run per CPU of the local Ray instance
+    assert concurrent == 2
     pids = train_processes(victim)
     assert pids, "the run to kill was not running"
     os.kill(pids[0], signal.SIGKILL)
@@ -155,6 +158,7 @@ def test_a_sweep_runs_on_a_cluster_given_by_address(tmp_path):
     (["--methods", "std", "--set", "policy.widths=5"], "config key 'policy.widths' is unknown"),
     (["--methods", "std", "--env", "SlipperyMoon"], "env 'SlipperyMoon' is invalid"),
     (["--methods", "std", "--cpus-per-run", "0"], "sweep key 'cpus_per_run'=0.0 is invalid"),
+    (["--methods", "std", "--cpus-per-run", "999"], "sweep key 'cpus_per_run'=999 is invalid: this machine has"),
     (["--methods", "std", "--set", "algo_kwargs.batch_size=1"], "the ppo settings are invalid"),  # SB3's own check
 ])
 def test_a_bad_grid_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys, args, message):
@@ -178,6 +182,9 @@ def test_a_sweep_file_holds_the_grid_and_flags_override_it(tmp_path, capsys):
     sac = runs[2].start_args
     assert "algo_kwargs.learning_starts=100" in sac and sac.index("logging.health=false") > sac.index("algo_kwargs.learning_starts=100")
     assert "algo_kwargs.learning_starts=100" not in runs[0].start_args and all(r.total_steps == 1000 for r in runs)
+
+    only_sac = plan(build_grid(sweep.grid_data(sweep.parse_args(["--file", str(study), "--algo", "sac"])[1])))
+    assert [r.name for r in only_sac] == ["SlipperyHopper-v0_sac_std_s0", "SlipperyHopper-v0_sac_std_s1"]
 
     study.write_text(study.read_text() + "seed: 3\n")
     with pytest.raises(SystemExit):
@@ -233,3 +240,22 @@ def test_a_run_that_fails_reports_its_last_line_and_the_sweep_exits_1(tmp_path):
     view.ended(outcome)
     assert view.report([outcome], None, "python sweep.py ...") == 1
     assert f"failed: {run.name}: {outcome.message} (it failed before writing its run directory)" in lines
+
+
+def test_a_second_sweep_on_the_same_root_is_refused(tmp_path, capsys):
+    root = tmp_path / "sweep"
+    root.mkdir()
+    with (root / ".sweep.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("pid 1 on elsewhere\n")
+        held.flush()
+        with pytest.raises(SystemExit) as exit_info:
+            sweep.main(["--env", "SlipperyHopper", "--methods", "std", "--seeds", "0", "--root", str(root), *TINY[2:]])
+    assert exit_info.value.code == 2
+    assert "another sweep is running on" in capsys.readouterr().err and "pid 1 on elsewhere" in (root / ".sweep.lock").read_text()
+    assert sorted(p.name for p in root.iterdir()) == [".sweep.lock"]
+
+
+def test_durations_count_days():
+    assert format_duration(59.6) == "0:01:00"
+    assert format_duration(3 * 86400 + 5 * 3600 + 7) == "3d 05:00:07"
