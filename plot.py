@@ -97,6 +97,12 @@ class Run:
     scalars: dict[str, Series]
     checkpoint_steps: int | None = None  # steps of its newest checkpoint: train.py writes one when learn() ends
 
+    @property
+    def env_id(self) -> str:
+        """The env id of its config; empty without one."""
+        env = self.config.get("env")
+        return str(env.get("id") or "") if isinstance(env, dict) else ""
+
 
 @dataclass
 class Curve:
@@ -244,9 +250,14 @@ def smooth(values: np.ndarray, n: int) -> np.ndarray:
     return np.convolve(values, kernel, "same") / np.convolve(np.ones(len(values)), kernel, "same")
 
 
+def iqm(values: np.ndarray) -> np.ndarray:
+    """rliable's interquartile mean: the 25%-trimmed mean, over axis 0."""
+    return scipy.stats.trim_mean(values, proportiontocut=0.25, axis=0)
+
+
 def pointwise_iqm(scores: np.ndarray) -> np.ndarray:
-    """rliable's IQM (the 25%-trimmed mean over runs and tasks) at each point of ``scores [runs, tasks, points]``."""
-    return scipy.stats.trim_mean(scores.reshape(-1, scores.shape[-1]), proportiontocut=0.25, axis=0)
+    """The IQM over runs and tasks at each point of ``scores [runs, tasks, points]``."""
+    return iqm(scores.reshape(-1, scores.shape[-1]))
 
 
 def iqm_interval(matrix: np.ndarray, ci: float, n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -433,14 +444,13 @@ def _return_cell(returns: Sequence[float], stats: Stats) -> str:
 def _iqm_of_logged(values: Sequence[float]) -> float:
     """The IQM of the values that are not NaN (NaN if none is)."""
     logged = [v for v in values if not np.isnan(v)]
-    return float(scipy.stats.trim_mean(logged, 0.25)) if logged else float("nan")
+    return float(iqm(np.asarray(logged))) if logged else float("nan")
 
 
 def summary_rows(run: Run) -> list[dict[str, Any]]:
     """``summary.csv``'s rows of a run: its env, algo, method, seed and folder, then per friction segment what
     :func:`segment_summary` gives for the return and each network's health (`SUMMARY_METRICS`)."""
-    env = run.config.get("env")
-    context = {"env": env.get("id", "") if isinstance(env, dict) else "", "algo": run.config.get("algo", ""),
+    context = {"env": run.env_id, "algo": run.config.get("algo", ""),
                "method": run.method, "seed": run.config.get("seed", ""), "run": run.path.name}
     rows = segment_summary(run, _network_metric_series(run.scalars))
     return [context | {"segment": k, "friction": row.pop("friction"), "start": int(row.pop("start")),
@@ -653,9 +663,7 @@ def group_by_context(runs: Sequence[Run]) -> dict[str, list[Run]]:
     runs of different envs or algorithms are never aggregated together."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        env = run.config.get("env")
-        env_id = env.get("id") if isinstance(env, dict) else None
-        groups.setdefault(f"{env_id or '-'}_{run.config.get('algo') or '-'}", []).append(run)
+        groups.setdefault(f"{run.env_id or '-'}_{run.config.get('algo') or '-'}", []).append(run)
     return groups
 
 
